@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11+:
+#   make demo   -- the main job on embedded defaults (SQLite warehouse, local emulator)
+#   make test   -- install everything and run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test benchmark clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed-demo: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[sqlite]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	scripts/ensure-system-packages.sh
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed-demo
+
+demo: $(VENV)/.installed-demo
+	$(PY) scripts/demo.py
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info

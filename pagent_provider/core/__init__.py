@@ -1,0 +1,1 @@
+"""Airflow-free core of the pagent provider: pure Python, pandas and numpy."""

@@ -1,0 +1,39 @@
+"""Canonical JSON for events, content hashes and event keys.
+
+Each event is encoded once, with sorted keys; the same text serves as the
+request body fragment and as the input of its content hash, so the hash is
+stable across runs, processes and machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from pagent_provider.core.ledger import MAX_KEY_LENGTH
+
+_encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode_event(event: dict[str, Any]) -> str:
+    """The canonical JSON text of one event (sorted keys, no spaces)."""
+    return _encoder.encode(event)
+
+
+def content_hash(encoded_event: str) -> str:
+    """A 128-bit BLAKE2b hex digest of an event's canonical JSON."""
+    return hashlib.blake2b(encoded_event.encode(), digest_size=16).hexdigest()
+
+
+def ledger_key(key: str) -> str:
+    """``key`` as stored in the ledger: hashed when longer than the key column allows."""
+    if len(key) <= MAX_KEY_LENGTH:
+        return key
+    return "blake2b:" + hashlib.blake2b(key.encode(), digest_size=32).hexdigest()
+
+
+def v1_body(encoded_events: Sequence[str]) -> bytes:
+    """A v1 request body from already encoded events."""
+    return ('{"events":[' + ",".join(encoded_events) + "]}").encode()

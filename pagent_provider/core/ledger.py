@@ -1,0 +1,480 @@
+"""The delivery ledger: which conversions were sent, are being sent, or have an unknown fate.
+
+pagent has no idempotency key, so whatever is sent twice is counted twice. The
+ledger is a table, kept in any SQL database SQLAlchemy reaches (SQLite,
+PostgreSQL, MariaDB/MySQL), with one row per ``(namespace, event_key)``:
+
+``claimed``
+    a run is sending it now. The claim is taken atomically (insert-if-absent
+    under the primary key), so two workers can never both claim one key. It
+    records its owner (host, process, Airflow task instance and try) and a
+    heartbeat.
+``sent``
+    pagent acknowledged it. Later runs skip it.
+``unknown``
+    it may or may not have reached pagent: the answer was lost, or its owner
+    died (or stopped heartbeating) while it was claimed. The ``unknown_outcome``
+    policy decides what the next run does: ``"resend"`` takes it over and sends
+    it again (at least once), ``"skip"`` leaves it (at most once).
+
+A definite failure deletes the claim, so the next run tries again. Rows that
+cannot be delivered (invalid, or refused by pagent) are logged in a sibling
+table, ``<table>_rejects``, with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from pagent_provider.core.owner import ClaimOwner
+from pagent_provider.exceptions import PagentConfigError
+
+log = logging.getLogger(__name__)
+
+UnknownOutcomePolicy = Literal["resend", "skip"]
+UNKNOWN_OUTCOME_POLICIES = ("resend", "skip")
+
+CLAIMED, SENT, UNKNOWN = "claimed", "sent", "unknown"
+MAX_KEY_LENGTH = 255
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# Bound every IN (...) list: SQLite allows 32,766 parameters, and shorter lists plan better.
+_LOOKUP_SLICE = 500
+
+
+def now_ms() -> int:
+    """Current time in Unix milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def _slices(items: Sequence[str], size: int = _LOOKUP_SLICE) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """What the ledger knows about one key."""
+
+    event_key: str
+    status: str
+    content_hash: str
+    claim_id: str
+    owner_run: str
+    owner_host: str | None
+    owner_pid: int | None
+    owner_task: str | None
+    owner_try: int | None
+    heartbeat_at: int
+
+
+@dataclass
+class ClaimResult:
+    """The outcome of claiming one batch's keys.
+
+    Attributes:
+        claim_id: identifies this claim in later ``mark_*`` calls.
+        claimed: keys this run now owns and must send.
+        already_sent: keys pagent acknowledged before.
+        changed_after_send: keys sent before whose content has changed since (not resent).
+        unknown_skipped: keys with an unknown outcome, left alone under the ``"skip"`` policy.
+        unknown_taken_over: keys with an unknown outcome now claimed for resending.
+        claimed_elsewhere: keys a live owner is sending right now.
+        duplicate_keys: keys this same run has already handled (the source repeats them).
+    """
+
+    claim_id: str
+    claimed: set[str] = field(default_factory=set)
+    already_sent: list[str] = field(default_factory=list)
+    changed_after_send: list[str] = field(default_factory=list)
+    unknown_skipped: list[str] = field(default_factory=list)
+    unknown_taken_over: set[str] = field(default_factory=set)
+    claimed_elsewhere: list[str] = field(default_factory=list)
+    duplicate_keys: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RejectRecord:
+    """A row that will not be delivered, and why."""
+
+    row: str
+    field: str
+    reason: str
+    source: Literal["invalid", "refused"]
+    event_key: str | None = None
+
+
+def _table_parts(table_name: str) -> tuple[str | None, str]:
+    schema, _, name = table_name.rpartition(".")
+    for part in filter(None, (schema, name)):
+        if not _IDENTIFIER.match(part):
+            raise PagentConfigError(
+                f"ledger table name {table_name!r} is not a plain SQL identifier "
+                "(letters, digits and underscores, optionally schema.table)"
+            )
+    return schema or None, name
+
+
+def _build_tables(table_name: str) -> tuple[sa.MetaData, sa.Table, sa.Table]:
+    schema, name = _table_parts(table_name)
+    metadata = sa.MetaData(schema=schema)
+    ledger = sa.Table(
+        name,
+        metadata,
+        sa.Column("namespace", sa.String(128), primary_key=True),
+        sa.Column("event_key", sa.String(MAX_KEY_LENGTH), primary_key=True),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("content_hash", sa.String(64), nullable=False),
+        sa.Column("claim_id", sa.String(32), nullable=False),
+        sa.Column("owner_run", sa.String(32), nullable=False),
+        sa.Column("owner_host", sa.String(255)),
+        sa.Column("owner_pid", sa.Integer),
+        sa.Column("owner_task", sa.String(512)),
+        sa.Column("owner_try", sa.Integer),
+        sa.Column("claimed_at", sa.BigInteger, nullable=False),
+        sa.Column("heartbeat_at", sa.BigInteger, nullable=False),
+        sa.Column("sent_at", sa.BigInteger),
+        sa.Column("detail", sa.String(1000)),
+        sa.Index(f"ix_{name}_claim", "namespace", "claim_id"),
+    )
+    rejects = sa.Table(
+        f"{name}_rejects",
+        metadata,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("namespace", sa.String(128), nullable=False),
+        sa.Column("run_token", sa.String(32), nullable=False),
+        sa.Column("source", sa.String(16), nullable=False),
+        sa.Column("event_key", sa.String(MAX_KEY_LENGTH)),
+        sa.Column("row_ref", sa.String(MAX_KEY_LENGTH), nullable=False),
+        sa.Column("field", sa.String(128), nullable=False),
+        sa.Column("reason", sa.String(2000), nullable=False),
+        sa.Column("recorded_at", sa.BigInteger, nullable=False),
+        sa.Index(f"ix_{name}_rejects_ns", "namespace", "recorded_at"),
+    )
+    return metadata, ledger, rejects
+
+
+def _prepare_sqlite(engine: sa.Engine) -> None:
+    # WAL lets the ledger commit while the same file is being read in chunks,
+    # and the busy timeout lets parallel workers queue instead of failing.
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+
+class Ledger:
+    """Claims, marks and looks up conversions in a SQL table; see the module docstring.
+
+    Every method works in bulk: one statement for a whole batch, never a round
+    trip per row.
+
+    Args:
+        engine: where the table lives.
+        namespace: scope of the keys; runs that upload to the same pagent account
+            should share it (the operator defaults it to the pagent connection id).
+        owner: written on the claims of this run.
+        table_name: the ledger table (``schema.table`` works); rejects go to
+            ``<table>_rejects``.
+        claim_timeout_s: a claim whose heartbeat is older counts as abandoned.
+        unknown_outcome: ``"resend"`` (at least once) or ``"skip"`` (at most once).
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        namespace: str,
+        owner: ClaimOwner | None = None,
+        table_name: str = "pagent_ledger",
+        claim_timeout_s: float = 600.0,
+        unknown_outcome: UnknownOutcomePolicy = "resend",
+    ) -> None:
+        if unknown_outcome not in UNKNOWN_OUTCOME_POLICIES:
+            raise PagentConfigError(f"unknown_outcome must be 'resend' or 'skip', got {unknown_outcome!r}")
+        if not namespace or len(namespace) > 128:
+            raise PagentConfigError("the ledger namespace must be 1 to 128 characters")
+        if claim_timeout_s <= 0:
+            raise PagentConfigError("claim_timeout_s must be a positive number of seconds")
+        self.engine = engine
+        self.namespace = namespace
+        self.owner = owner or ClaimOwner()
+        self.table_name = table_name
+        self.claim_timeout_ms = int(claim_timeout_s * 1000)
+        self.unknown_outcome: UnknownOutcomePolicy = unknown_outcome
+        self.metadata, self.table, self.rejects_table = _build_tables(table_name)
+        if engine.dialect.name == "sqlite":
+            _prepare_sqlite(engine)
+
+    def __repr__(self) -> str:
+        return f"Ledger(table={self.table_name!r}, namespace={self.namespace!r}, url={self.engine.url!r})"
+
+    # --- set-up -----------------------------------------------------------
+
+    def create_tables(self) -> None:
+        """Create the ledger and rejects tables when missing (safe when several workers race)."""
+        try:
+            self.metadata.create_all(self.engine, checkfirst=True)
+        except sa.exc.DBAPIError:
+            # another worker created them between our check and our CREATE
+            if not self.tables_exist():
+                raise
+
+    def tables_exist(self) -> bool:
+        """True when the ledger table is there."""
+        return sa.inspect(self.engine).has_table(self.table.name, schema=self.table.schema)
+
+    # --- reading ----------------------------------------------------------
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, LedgerRow]:
+        """The ledger rows for ``keys`` (missing keys are absent from the result)."""
+        t = self.table
+        found: dict[str, LedgerRow] = {}
+        with self.engine.connect() as conn:
+            for keys_slice in _slices(keys):
+                rows = conn.execute(
+                    sa.select(
+                        t.c.event_key, t.c.status, t.c.content_hash, t.c.claim_id, t.c.owner_run,
+                        t.c.owner_host, t.c.owner_pid, t.c.owner_task, t.c.owner_try, t.c.heartbeat_at,
+                    ).where(t.c.namespace == self.namespace, t.c.event_key.in_(keys_slice))
+                )
+                found.update((row.event_key, LedgerRow(*row)) for row in rows)
+        return found
+
+    def count_by_status(self) -> dict[str, int]:
+        """How many keys of this namespace are in each status."""
+        t = self.table
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.c.status, sa.func.count()).where(t.c.namespace == self.namespace).group_by(t.c.status)
+            )
+            return {status: count for status, count in rows}
+
+    # --- claiming ---------------------------------------------------------
+
+    def claim(self, entries: Sequence[tuple[str, str]]) -> ClaimResult:
+        """Claim ``(event_key, content_hash)`` pairs for sending; see :class:`ClaimResult`."""
+        result = ClaimResult(claim_id=uuid.uuid4().hex)
+        if not entries:
+            return result
+        stamp = now_ms()
+        rows = [self._claim_row(key, content_hash, result.claim_id, stamp) for key, content_hash in entries]
+        with self.engine.begin() as conn:
+            inserted = self._insert_if_absent(conn, rows)
+        if inserted == len(rows):
+            result.claimed = {key for key, _ in entries}
+            return result
+        self._settle_conflicts(entries, result, stamp)
+        return result
+
+    def _claim_row(self, key: str, content_hash: str, claim_id: str, stamp: int) -> dict[str, object]:
+        owner = self.owner
+        return {
+            "namespace": self.namespace,
+            "event_key": key,
+            "status": CLAIMED,
+            "content_hash": content_hash,
+            "claim_id": claim_id,
+            "owner_run": owner.run_token,
+            "owner_host": owner.host,
+            "owner_pid": owner.pid,
+            "owner_task": owner.task,
+            "owner_try": owner.try_number,
+            "claimed_at": stamp,
+            "heartbeat_at": stamp,
+        }
+
+    def _insert_if_absent(self, conn: sa.Connection, rows: list[dict[str, object]]) -> int:
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            statement = sqlite_insert(self.table).values(rows).on_conflict_do_nothing()
+        elif dialect == "postgresql":
+            statement = postgresql_insert(self.table).values(rows).on_conflict_do_nothing()
+        elif dialect in ("mysql", "mariadb"):
+            statement = self.table.insert().prefix_with("IGNORE").values(rows)
+        else:
+            return self._insert_one_by_one(conn, rows)
+        return conn.execute(statement).rowcount
+
+    def _insert_one_by_one(self, conn: sa.Connection, rows: list[dict[str, object]]) -> int:
+        # Portable fallback for dialects without insert-if-absent: the primary key still decides.
+        inserted = 0
+        for row in rows:
+            try:
+                with conn.begin_nested():
+                    conn.execute(self.table.insert().values(row))
+                inserted += 1
+            except sa.exc.IntegrityError:
+                pass
+        return inserted
+
+    def _settle_conflicts(self, entries: Sequence[tuple[str, str]], result: ClaimResult, stamp: int) -> None:
+        hashes = dict(entries)
+        existing = self.lookup(list(hashes))
+        vanished = [(key, hashes[key]) for key in hashes if key not in existing]
+        if vanished:
+            # released by another run between our insert and our lookup: try once more
+            with self.engine.begin() as conn:
+                self._insert_if_absent(conn, [self._claim_row(k, h, result.claim_id, stamp) for k, h in vanished])
+            existing.update(self.lookup([key for key, _ in vanished]))
+        to_take_over: list[LedgerRow] = []
+        to_mark_unknown: list[LedgerRow] = []
+        for key, row in existing.items():
+            if row.claim_id == result.claim_id:
+                result.claimed.add(key)
+            elif row.owner_run == self.owner.run_token:
+                result.duplicate_keys.append(key)
+            elif row.status == SENT:
+                result.already_sent.append(key)
+                if row.content_hash != hashes[key]:
+                    result.changed_after_send.append(key)
+            elif row.status == UNKNOWN or self._is_abandoned(row, stamp):
+                if self.unknown_outcome == "resend":
+                    to_take_over.append(row)
+                else:
+                    to_mark_unknown.append(row)
+                    result.unknown_skipped.append(key)
+            else:
+                result.claimed_elsewhere.append(key)
+        if to_mark_unknown:
+            self._mark_abandoned_unknown(to_mark_unknown)
+        if to_take_over:
+            taken = self._take_over(to_take_over, hashes, result.claim_id, stamp)
+            result.unknown_taken_over = taken
+            result.claimed |= taken
+            lost_race = {row.event_key for row in to_take_over} - taken
+            result.claimed_elsewhere.extend(sorted(lost_race))
+
+    def _is_abandoned(self, row: LedgerRow, stamp: int) -> bool:
+        if row.status != CLAIMED:
+            return False
+        if row.heartbeat_at < stamp - self.claim_timeout_ms:
+            return True
+        return self.owner.outlived(row.owner_host, row.owner_pid, row.owner_task, row.owner_try)
+
+    def _mark_abandoned_unknown(self, rows: Sequence[LedgerRow]) -> None:
+        t = self.table
+        statement = (
+            t.update()
+            .where(
+                t.c.namespace == self.namespace,
+                t.c.event_key == sa.bindparam("b_key"),
+                t.c.claim_id == sa.bindparam("b_old_claim"),
+                t.c.status == CLAIMED,
+            )
+            .values(status=UNKNOWN, detail="its owner stopped while it was claimed")
+        )
+        params = [{"b_key": row.event_key, "b_old_claim": row.claim_id} for row in rows]
+        with self.engine.begin() as conn:
+            conn.execute(statement, params)
+
+    def _take_over(self, rows: Sequence[LedgerRow], hashes: dict[str, str], claim_id: str, stamp: int) -> set[str]:
+        # Compare-and-swap on the old claim id: of two runs racing for the same
+        # abandoned key, only the first UPDATE matches.
+        t = self.table
+        owner = self.owner
+        statement = (
+            t.update()
+            .where(
+                t.c.namespace == self.namespace,
+                t.c.event_key == sa.bindparam("b_key"),
+                t.c.claim_id == sa.bindparam("b_old_claim"),
+                t.c.status.in_((CLAIMED, UNKNOWN)),
+            )
+            .values(
+                status=CLAIMED,
+                claim_id=claim_id,
+                content_hash=sa.bindparam("b_hash"),
+                owner_run=owner.run_token,
+                owner_host=owner.host,
+                owner_pid=owner.pid,
+                owner_task=owner.task,
+                owner_try=owner.try_number,
+                claimed_at=stamp,
+                heartbeat_at=stamp,
+                detail="taken over: earlier outcome unknown",
+            )
+        )
+        params = [
+            {"b_key": row.event_key, "b_old_claim": row.claim_id, "b_hash": hashes[row.event_key]} for row in rows
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(statement, params)
+        won = self.lookup([row.event_key for row in rows])
+        return {key for key, row in won.items() if row.claim_id == claim_id}
+
+    # --- after sending ----------------------------------------------------
+
+    def _update_claim(self, claim_id: str, keys: Iterable[str] | None, **values: object) -> None:
+        t = self.table
+        where = [t.c.namespace == self.namespace, t.c.claim_id == claim_id]
+        with self.engine.begin() as conn:
+            if keys is None:
+                conn.execute(t.update().where(*where).values(**values))
+                return
+            for keys_slice in _slices(list(keys)):
+                conn.execute(t.update().where(*where, t.c.event_key.in_(keys_slice)).values(**values))
+
+    def mark_sent(self, claim_id: str, keys: Iterable[str] | None = None) -> None:
+        """pagent acknowledged these keys (all of the claim when ``keys`` is None)."""
+        self._update_claim(claim_id, keys, status=SENT, sent_at=now_ms(), detail=None)
+
+    def mark_unknown(self, claim_id: str, keys: Iterable[str] | None, detail: str) -> None:
+        """The answer for these keys was lost: they may or may not have been recorded."""
+        self._update_claim(claim_id, keys, status=UNKNOWN, detail=detail[:1000])
+
+    def release(self, claim_id: str, keys: Iterable[str] | None = None) -> None:
+        """A definite failure: drop the claim so that a later run sends these keys again."""
+        t = self.table
+        where = [t.c.namespace == self.namespace, t.c.claim_id == claim_id, t.c.status == CLAIMED]
+        with self.engine.begin() as conn:
+            if keys is None:
+                conn.execute(t.delete().where(*where))
+                return
+            for keys_slice in _slices(list(keys)):
+                conn.execute(t.delete().where(*where, t.c.event_key.in_(keys_slice)))
+
+    def heartbeat(self, claim_ids: Iterable[str]) -> None:
+        """Tell other workers that the owner of these claims is still alive."""
+        ids = list(claim_ids)
+        if not ids:
+            return
+        t = self.table
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.namespace == self.namespace, t.c.claim_id.in_(ids), t.c.status == CLAIMED)
+                .values(heartbeat_at=now_ms())
+            )
+
+    def record_rejects(self, rejects: Sequence[RejectRecord]) -> None:
+        """Log rows that will not be delivered, with the reason, in ``<table>_rejects``."""
+        if not rejects:
+            return
+        stamp = now_ms()
+        rows = [
+            {
+                "namespace": self.namespace,
+                "run_token": self.owner.run_token,
+                "source": reject.source,
+                "event_key": reject.event_key,
+                "row_ref": reject.row[:MAX_KEY_LENGTH],
+                "field": reject.field[:128],
+                "reason": reject.reason[:2000],
+                "recorded_at": stamp,
+            }
+            for reject in rejects
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(self.rejects_table.insert(), rows)

@@ -1,0 +1,64 @@
+"""Who holds a ledger claim, and whether that holder is provably gone."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def process_is_alive(pid: int) -> bool:
+    """True while ``pid`` runs on this host (a zombie, already dead, counts as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, it just belongs to someone else
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        # the state letter follows the parenthesised command name
+        state = stat.read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+@dataclass(frozen=True)
+class ClaimOwner:
+    """The identity a sync writes on the ledger rows it claims.
+
+    Attributes:
+        run_token: unique per sync run; tells this run's claims from everyone else's.
+        host: the machine the run works on.
+        pid: its process id.
+        task: the Airflow task instance (``dag/task/run/map_index``), when there is one.
+        try_number: the task instance's try, when there is one.
+    """
+
+    run_token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    task: str | None = None
+    try_number: int | None = None
+
+    def outlived(self, host: str | None, pid: int | None, task: str | None, try_number: int | None) -> bool:
+        """True when the claim's owner is provably gone, as seen from this owner.
+
+        Gone means: a process on this same host that no longer runs, or an
+        earlier try of this same Airflow task instance (a later try only starts
+        once the earlier one has ended).
+        """
+        if host == self.host and pid is not None and pid != self.pid and not process_is_alive(pid):
+            return True
+        return (
+            self.task is not None
+            and task == self.task
+            and try_number is not None
+            and self.try_number is not None
+            and try_number < self.try_number
+        )

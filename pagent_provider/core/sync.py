@@ -1,0 +1,366 @@
+"""The sync engine: DataFrame chunks in, delivered conversions and a summary out.
+
+``transform -> validate -> dedupe -> ledger claim -> send (concurrently) ->
+mark -> summarize``. It knows nothing about Airflow: the operator and the CLI
+both drive it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from pagent_provider.core.delivery import BatchOutcome, PendingEvent, V1Sender, deliver_batch
+from pagent_provider.core.encoding import content_hash, encode_event, ledger_key
+from pagent_provider.core.events import MAX_EVENTS_PER_REQUEST
+from pagent_provider.core.ledger import Ledger, RejectRecord
+from pagent_provider.core.transform import RowReject, TransformConfig, check_columns, transform_chunk
+from pagent_provider.exceptions import (
+    PagentConfigError,
+    PagentDeliveryError,
+    PagentError,
+    PagentUnknownOutcomeError,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """How a sync runs.
+
+    Attributes:
+        batch_size: events per request, 1 to 100.
+        max_workers: concurrent requests.
+        max_invalid_rows: the sync fails when more rows than this are invalid or refused.
+        dry_run: read, transform and validate everything, send nothing, write nothing.
+        progress_interval_s: seconds between progress lines in the log.
+        reject_examples: how many reasons the failure message and the log list.
+    """
+
+    batch_size: int = MAX_EVENTS_PER_REQUEST
+    max_workers: int = 4
+    max_invalid_rows: int = 0
+    dry_run: bool = False
+    progress_interval_s: float = 30.0
+    reject_examples: int = 10
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_EVENTS_PER_REQUEST:
+            raise PagentConfigError(f"batch_size must be 1 to {MAX_EVENTS_PER_REQUEST}, got {self.batch_size}")
+        if self.max_workers < 1:
+            raise PagentConfigError(f"max_workers must be at least 1, got {self.max_workers}")
+        if self.max_invalid_rows < 0:
+            raise PagentConfigError("max_invalid_rows must be 0 or more")
+
+
+@dataclass
+class SyncSummary:
+    """Counts of one sync; ``as_dict()`` is what the operator returns (XCom)."""
+
+    rows: int = 0
+    valid: int = 0
+    invalid: int = 0
+    duplicate_keys: int = 0
+    already_sent: int = 0
+    changed_after_send: int = 0
+    claimed_elsewhere: int = 0
+    unknown: int = 0
+    unknown_resent: int = 0
+    sent: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    failed: int = 0
+    batches: int = 0
+    requests: int = 0
+    duration_s: float = 0.0
+    dry_run: bool = False
+    reject_examples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as a JSON-ready dict."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for logs."""
+        return ", ".join(f"{name}={value}" for name, value in self.as_dict().items() if name != "reject_examples")
+
+
+class ConversionSync:
+    """Uploads DataFrame chunks of warehouse rows to pagent, each conversion once.
+
+    Args:
+        sender: the pagent client (anything with ``send_encoded_v1``).
+        transform: how rows become events.
+        options: batching, concurrency and limits.
+        ledger: the delivery ledger; ``None`` sends without deduplication.
+        logger: where progress goes (the operator passes its task logger).
+    """
+
+    def __init__(
+        self,
+        sender: V1Sender,
+        transform: TransformConfig,
+        options: SyncOptions | None = None,
+        ledger: Ledger | None = None,
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
+    ) -> None:
+        self.sender = sender
+        self.transform = transform
+        self.options = options or SyncOptions()
+        self.ledger = ledger
+        self.log = logger or log
+        self.summary = SyncSummary(dry_run=self.options.dry_run)
+        self._new_unknown = 0
+        self._stop_error: BaseException | None = None
+        self._inflight: dict[Future[BatchOutcome], str | None] = {}
+        self._started = 0.0
+        self._last_progress = 0.0
+        self._last_heartbeat = 0.0
+
+    # --- public -----------------------------------------------------------
+
+    def run(self, chunks: Iterable[pd.DataFrame]) -> SyncSummary:
+        """Sync every chunk; return the summary or raise with ``error.summary`` set.
+
+        Raises:
+            PagentFatalError: a fatal error stopped the sync (bad key, bad config),
+                or more rows than ``max_invalid_rows`` were invalid or refused
+                (:class:`~pagent_provider.exceptions.PagentDeliveryError`).
+            PagentRetriableError: pagent stayed unavailable; a retry continues where this stopped.
+            PagentUnknownOutcomeError: some answers were lost; under the ``"resend"``
+                policy the next try resends them.
+        """
+        self._started = self._last_progress = self._last_heartbeat = time.monotonic()
+        if self.ledger is not None and not self.options.dry_run:
+            self.ledger.create_tables()
+        try:
+            with ThreadPoolExecutor(self.options.max_workers, thread_name_prefix="pagent-send") as pool:
+                self._sync_chunks(chunks, pool)
+                self._drain()
+        finally:
+            self.summary.duration_s = round(time.monotonic() - self._started, 3)
+        self.log.info("pagent sync finished: %s", self.summary.describe())
+        self._raise_for_outcome()
+        return self.summary
+
+    # --- reading and preparing ---------------------------------------------
+
+    def _sync_chunks(self, chunks: Iterable[pd.DataFrame], pool: ThreadPoolExecutor) -> None:
+        checked = False
+        for chunk in chunks:
+            if not checked:
+                check_columns(list(chunk.columns), self.transform)
+                checked = True
+            for batch in self._batches(self._prepare(chunk)):
+                if self._stop_error is not None:
+                    return
+                self._submit(batch, pool)
+            self._log_progress()
+            if self._stop_error is not None:
+                return
+
+    def _prepare(self, chunk: pd.DataFrame) -> list[PendingEvent]:
+        transformed = transform_chunk(chunk, self.transform, row_offset=self.summary.rows)
+        self.summary.rows += transformed.rows
+        self.summary.valid += len(transformed.events)
+        self._record_invalid(transformed.rejects)
+        pending = self._encode(transformed.events, transformed.keys)
+        return self._skip_known(self._drop_duplicates(pending))
+
+    def _encode(self, events: list[dict[str, Any]], keys: list[str] | None) -> list[PendingEvent]:
+        pending = []
+        for index, event in enumerate(events):
+            encoded = encode_event(event)
+            digest = content_hash(encoded)
+            source_key = keys[index] if keys is not None else None
+            key = ledger_key(source_key) if source_key is not None else digest
+            pending.append(PendingEvent(key, digest, encoded, source_key or f"hash {digest}"))
+        return pending
+
+    def _drop_duplicates(self, pending: list[PendingEvent]) -> list[PendingEvent]:
+        seen: set[str] = set()
+        unique = []
+        for event in pending:
+            if event.key in seen:
+                self.summary.duplicate_keys += 1
+                continue
+            seen.add(event.key)
+            unique.append(event)
+        return unique
+
+    def _skip_known(self, pending: list[PendingEvent]) -> list[PendingEvent]:
+        # One bulk lookup per chunk, so re-runs and overlapping intervals skip
+        # what was sent before without claiming it batch by batch.
+        if self.ledger is None or not pending:
+            return pending
+        if self.options.dry_run and not self.ledger.tables_exist():
+            return pending
+        known = self.ledger.lookup([event.key for event in pending])
+        remaining = []
+        for event in pending:
+            row = known.get(event.key)
+            if row is not None and row.status == "sent":
+                self.summary.already_sent += 1
+                if row.content_hash != event.content_hash:
+                    self.summary.changed_after_send += 1
+            else:
+                remaining.append(event)
+        return remaining
+
+    def _batches(self, pending: list[PendingEvent]) -> Iterator[list[PendingEvent]]:
+        size = self.options.batch_size
+        for start in range(0, len(pending), size):
+            yield pending[start : start + size]
+
+    # --- sending ------------------------------------------------------------
+
+    def _submit(self, batch: list[PendingEvent], pool: ThreadPoolExecutor) -> None:
+        self.summary.batches += 1
+        if self.options.dry_run:
+            return
+        while len(self._inflight) >= self.options.max_workers:
+            self._collect(block=True)
+        claim_id, batch = self._claim(batch)
+        if batch:
+            self._inflight[pool.submit(deliver_batch, self.sender, batch, claim_id)] = claim_id
+
+    def _claim(self, batch: list[PendingEvent]) -> tuple[str | None, list[PendingEvent]]:
+        if self.ledger is None:
+            return None, batch
+        claim = self.ledger.claim([(event.key, event.content_hash) for event in batch])
+        s = self.summary
+        s.already_sent += len(claim.already_sent)
+        s.changed_after_send += len(claim.changed_after_send)
+        s.claimed_elsewhere += len(claim.claimed_elsewhere)
+        s.duplicate_keys += len(claim.duplicate_keys)
+        s.unknown += len(claim.unknown_skipped) + len(claim.unknown_taken_over)
+        s.unknown_resent += len(claim.unknown_taken_over)
+        return claim.claim_id, [event for event in batch if event.key in claim.claimed]
+
+    def _collect(self, *, block: bool) -> None:
+        if not self._inflight:
+            return
+        timeout = self._heartbeat_interval() if block else 0
+        done, _ = wait(list(self._inflight), timeout=timeout, return_when=FIRST_COMPLETED)
+        for future in done:
+            self._inflight.pop(future)
+            self._apply(future.result())
+        self._heartbeat_if_due()
+
+    def _drain(self) -> None:
+        while self._inflight:
+            self._collect(block=True)
+
+    def _apply(self, outcome: BatchOutcome) -> None:
+        s = self.summary
+        s.requests += outcome.requests
+        s.sent += len(outcome.sent)
+        s.accepted += outcome.accepted
+        ledger, claim_id = self.ledger, outcome.claim_id
+        if ledger is not None and claim_id is not None:
+            if outcome.sent:
+                every = not (outcome.refused or outcome.unknown or outcome.failed)
+                ledger.mark_sent(claim_id, None if every else [event.key for event in outcome.sent])
+            if outcome.unknown:
+                ledger.mark_unknown(claim_id, [event.key for event in outcome.unknown], outcome.unknown_reason)
+            released = [event.key for event in outcome.failed] + [event.key for event, _ in outcome.refused]
+            if released:
+                ledger.release(claim_id, released)
+        if outcome.refused:
+            s.rejected += len(outcome.refused)
+            self._record_refused(outcome.refused)
+        if outcome.unknown:
+            s.unknown += len(outcome.unknown)
+            self._new_unknown += len(outcome.unknown)
+            self.log.warning("%d events have an unknown outcome: %s", len(outcome.unknown), outcome.unknown_reason)
+        if outcome.failed:
+            s.failed += len(outcome.failed)
+            if outcome.error is not None and self._stop_error is None:
+                self._stop_error = outcome.error
+                self.log.error("stopping the sync: %s", outcome.error)
+
+    # --- bookkeeping --------------------------------------------------------
+
+    def _record_invalid(self, rejects: list[RowReject]) -> None:
+        if not rejects:
+            return
+        self.summary.invalid += len(rejects)
+        self._remember_examples(f"{r.row}: {r.field}: {r.reason}" for r in rejects)
+        if self.ledger is not None and not self.options.dry_run:
+            self.ledger.record_rejects(
+                [RejectRecord(row=r.row, field=r.field, reason=r.reason, source="invalid") for r in rejects]
+            )
+
+    def _record_refused(self, refused: list[tuple[PendingEvent, str]]) -> None:
+        self._remember_examples(f"{event.row}: refused by pagent: {message}" for event, message in refused)
+        if self.ledger is not None:
+            self.ledger.record_rejects(
+                [
+                    RejectRecord(row=event.row, field="event", reason=message, source="refused", event_key=event.key)
+                    for event, message in refused
+                ]
+            )
+
+    def _remember_examples(self, reasons: Iterable[str]) -> None:
+        examples = self.summary.reject_examples
+        for reason in reasons:
+            if len(examples) >= self.options.reject_examples:
+                return
+            examples.append(reason)
+
+    def _heartbeat_interval(self) -> float:
+        if self.ledger is None:
+            return 30.0
+        return max(0.05, min(30.0, self.ledger.claim_timeout_ms / 4000))
+
+    def _heartbeat_if_due(self) -> None:
+        now = time.monotonic()
+        if self.ledger is None or now - self._last_heartbeat < self._heartbeat_interval():
+            return
+        self._last_heartbeat = now
+        self.ledger.heartbeat(claim_id for claim_id in self._inflight.values() if claim_id)
+        self._log_progress()
+
+    def _log_progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < self.options.progress_interval_s:
+            return
+        self._last_progress = now
+        elapsed = now - self._started
+        s = self.summary
+        self.log.info(
+            "pagent sync: %d rows read, %d sent, %d already sent, %d invalid, %.0f rows/s, %.0fs elapsed",
+            s.rows, s.sent, s.already_sent, s.invalid, s.rows / elapsed if elapsed else 0.0, elapsed,
+        )
+
+    def _raise_for_outcome(self) -> None:
+        s = self.summary
+        error: BaseException | None = None
+        if isinstance(self._stop_error, PagentError):
+            error = self._stop_error
+        elif self._stop_error is not None:
+            error = PagentDeliveryError(f"the sync stopped on an unexpected error: {self._stop_error!r}")
+            error.__cause__ = self._stop_error
+        elif s.invalid + s.rejected > self.options.max_invalid_rows:
+            error = PagentDeliveryError(
+                f"{s.invalid} invalid and {s.rejected} refused rows exceed max_invalid_rows="
+                f"{self.options.max_invalid_rows}; the valid rows were delivered. First reasons:\n  "
+                + "\n  ".join(s.reject_examples)
+            )
+        elif self._new_unknown and (self.ledger is None or self.ledger.unknown_outcome == "resend"):
+            error = PagentUnknownOutcomeError(
+                f"{self._new_unknown} events may or may not have reached pagent (the answer was lost). "
+                "They are recorded as unknown in the ledger; with unknown_outcome='resend' the next try "
+                "sends them again (at least once)."
+            )
+        if error is not None:
+            error.summary = s.as_dict()  # type: ignore[attr-defined]
+            raise error
+

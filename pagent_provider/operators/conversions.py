@@ -1,0 +1,195 @@
+"""ConversionsOperator: warehouse rows -> pagent conversions, each sent once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow.providers.common.sql.operators.sql import BaseSQLOperator
+
+from pagent_provider.core.ledger import Ledger, UnknownOutcomePolicy
+from pagent_provider.core.owner import ClaimOwner
+from pagent_provider.core.reading import read_sql_chunks
+from pagent_provider.core.sync import ConversionSync, SyncOptions
+from pagent_provider.core.transform import TransformConfig
+from pagent_provider.exceptions import PagentFatalError
+from pagent_provider.hooks.pagent import PagentHook, as_airflow_failure
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from airflow.sdk import Context
+
+
+class ConversionsOperator(BaseSQLOperator):
+    """Upload conversions selected from a warehouse to pagent, idempotently.
+
+    Rows are streamed from ``sql`` in chunks, turned into v1 events (revenue in
+    exact integer cents, time in Unix milliseconds), validated, and sent in
+    batches of up to 100 on ``max_workers`` concurrent requests. A ledger table
+    records every key that was claimed, sent, or whose outcome is unknown, so
+    that retries, re-runs, overlapping backfills and parallel workers never
+    send a conversion twice.
+
+    :param conn_id: any Airflow SQL connection (sqlite, postgres, mysql, ...).
+    :param sql: the query, or a path ending in ``.sql`` (templated).
+    :param parameters: values for ``:name`` placeholders in ``sql`` (templated).
+    :param pagent_conn_id: the ``pagent`` connection.
+    :param columns: event field -> result column, for fields whose column is named
+        differently (``{"time": "converted_at", "revenue": "amount_usd"}``).
+    :param properties_columns: extra columns gathered into the ``properties`` object.
+    :param key_column: a stable unique row key (an order id). Strongly advised:
+        without it the key is a hash of the event's content, so a corrected row
+        would be sent again as a new conversion.
+    :param revenue_unit: ``"dollars"`` (major units, converted to cents) or ``"cents"``.
+    :param timezone: the IANA zone naive timestamps are read in.
+    :param label: a constant label for every event (replaces the column).
+    :param conversion_id: a constant goal UUID for every event (replaces the column).
+    :param require_time: refuse rows without a conversion time (default), since
+        pagent would stamp them "now".
+    :param max_invalid_rows: the task fails when more rows are invalid or refused.
+    :param batch_size: events per request, 1 to 100.
+    :param max_workers: concurrent requests.
+    :param chunksize: rows per DataFrame chunk read from the warehouse.
+    :param dry_run: read, transform and validate, but send and record nothing.
+    :param use_ledger: keep the delivery ledger (turning it off loses every guarantee).
+    :param ledger_conn_id: SQL connection of the ledger; defaults to ``conn_id``.
+    :param ledger_table: the ledger table (``schema.table`` works); rejects go to
+        ``<ledger_table>_rejects``.
+    :param ledger_namespace: the ledger's key scope; defaults to ``pagent_conn_id``.
+        DAGs that upload to the same pagent account should share it.
+    :param unknown_outcome: what the next run does with events whose outcome is
+        unknown: ``"resend"`` (at least once) or ``"skip"`` (at most once).
+    :param claim_timeout: seconds without heartbeat after which a claim counts as abandoned.
+    :return: the summary dict (XCom): ``rows``, ``valid``, ``invalid``, ``sent``,
+        ``accepted``, ``batches``, ``duration_s``, ``dry_run``, ``already_sent``,
+        ``unknown``, ``changed_after_send``, ``rejected`` and more.
+    """
+
+    template_fields: Sequence[str] = (*BaseSQLOperator.template_fields, "sql", "parameters", "ledger_namespace")
+    template_ext: Sequence[str] = (".sql",)
+    template_fields_renderers = {"sql": "sql", "parameters": "json"}
+    ui_color = "#ffd166"
+
+    def __init__(
+        self,
+        *,
+        sql: str,
+        conn_id: str,
+        parameters: Mapping[str, Any] | None = None,
+        pagent_conn_id: str = PagentHook.default_conn_name,
+        columns: Mapping[str, str] | None = None,
+        properties_columns: Sequence[str] | None = None,
+        key_column: str | None = None,
+        revenue_unit: Literal["dollars", "cents"] = "dollars",
+        timezone: str = "UTC",
+        label: str | None = None,
+        conversion_id: str | None = None,
+        require_time: bool = True,
+        max_invalid_rows: int = 0,
+        batch_size: int = 100,
+        max_workers: int = 4,
+        chunksize: int = 10_000,
+        dry_run: bool = False,
+        use_ledger: bool = True,
+        ledger_conn_id: str | None = None,
+        ledger_table: str = "pagent_ledger",
+        ledger_namespace: str | None = None,
+        unknown_outcome: UnknownOutcomePolicy = "resend",
+        claim_timeout: float = 600.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(conn_id=conn_id, **kwargs)
+        self.sql = sql
+        self.parameters = parameters
+        self.pagent_conn_id = pagent_conn_id
+        self.columns = dict(columns or {})
+        self.properties_columns = list(properties_columns) if properties_columns else None
+        self.key_column = key_column
+        self.revenue_unit = revenue_unit
+        self.timezone = timezone
+        self.label = label
+        self.conversion_id = conversion_id
+        self.require_time = require_time
+        self.max_invalid_rows = max_invalid_rows
+        self.batch_size = batch_size
+        self.max_workers = max_workers
+        self.chunksize = chunksize
+        self.dry_run = dry_run
+        self.use_ledger = use_ledger
+        self.ledger_conn_id = ledger_conn_id
+        self.ledger_table = ledger_table
+        self.ledger_namespace = ledger_namespace
+        self.unknown_outcome = unknown_outcome
+        self.claim_timeout = claim_timeout
+        # Catch bad settings when the DAG is parsed, not when the task runs.
+        self._sync_options()
+        self._transform_config()
+
+    def _transform_config(self) -> TransformConfig:
+        return TransformConfig(
+            columns=self.columns,
+            properties_columns=self.properties_columns,
+            key_column=self.key_column,
+            revenue_unit=self.revenue_unit,
+            timezone=self.timezone,
+            label=self.label,
+            conversion_id=self.conversion_id,
+            require_time=self.require_time,
+        )
+
+    def _sync_options(self) -> SyncOptions:
+        return SyncOptions(
+            batch_size=self.batch_size,
+            max_workers=self.max_workers,
+            max_invalid_rows=self.max_invalid_rows,
+            dry_run=self.dry_run,
+        )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        source = self.get_db_hook().get_sqlalchemy_engine()
+        ledger_engine = self._ledger_engine()
+        pagent = PagentHook(self.pagent_conn_id, pool_size=self.max_workers)
+        try:
+            with pagent.get_conn() as client:
+                sync = ConversionSync(
+                    client,
+                    self._transform_config(),
+                    self._sync_options(),
+                    ledger=self._ledger(ledger_engine, context),
+                    logger=self.log,
+                )
+                summary = sync.run(read_sql_chunks(source, self.sql, self.parameters, chunksize=self.chunksize))
+        except PagentFatalError as error:
+            raise as_airflow_failure(error) from error
+        finally:
+            source.dispose()
+            if ledger_engine is not None:
+                ledger_engine.dispose()
+        return summary.as_dict()
+
+    def _ledger_engine(self) -> sa.Engine | None:
+        if not self.use_ledger:
+            self.log.warning("use_ledger=False: re-runs and retries will send conversions again")
+            return None
+        hook = self.get_hook(self.ledger_conn_id or self.conn_id)
+        return hook.get_sqlalchemy_engine()  # type: ignore[attr-defined]
+
+    def _ledger(self, engine: sa.Engine | None, context: Context) -> Ledger | None:
+        if engine is None:
+            return None
+        return Ledger(
+            engine,
+            namespace=self.ledger_namespace or self.pagent_conn_id,
+            owner=_owner_from_context(context),
+            table_name=self.ledger_table,
+            claim_timeout_s=self.claim_timeout,
+            unknown_outcome=self.unknown_outcome,
+        )
+
+
+def _owner_from_context(context: Context) -> ClaimOwner:
+    ti = context.get("ti") if context else None
+    if ti is None:
+        return ClaimOwner()
+    task = f"{ti.dag_id}/{ti.task_id}/{ti.run_id}/{getattr(ti, 'map_index', -1)}"
+    return ClaimOwner(task=task, try_number=getattr(ti, "try_number", None))
