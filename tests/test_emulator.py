@@ -373,10 +373,12 @@ def test_sequential_requests_are_fast(emulator: IngestEmulator, session: request
     # Without disable_nagle_algorithm / one-piece writes each answer costs ~40 ms.
     body = {"events": [v1_event()]}
     session.post(emulator.url + V1, json=body, headers=AUTH, timeout=5)
-    started = time.perf_counter()
-    for _ in range(50):
+    durations = []
+    for _ in range(31):
+        started = time.perf_counter()
         assert session.post(emulator.url + V1, json=body, headers=AUTH, timeout=5).status_code == 200
-    assert time.perf_counter() - started < 1.0
+        durations.append(time.perf_counter() - started)
+    assert sorted(durations)[15] < 0.025  # median; a Nagle stall is ~40 ms every time
 
 
 def test_concurrent_requests(emulator: IngestEmulator) -> None:

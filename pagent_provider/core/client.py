@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pagent_provider.core.events import validate_v1_events, validate_v2_event, validate_v2_events
-from pagent_provider.core.transport import RetryPolicy, Transport, build_session
+from pagent_provider.core.transport import MaskedHeaders, RetryPolicy, Transport, build_session
 from pagent_provider.exceptions import (
     PagentAuthError,
     PagentConfigError,
@@ -95,11 +95,13 @@ class PagentClient:
         self.base_url = normalize_base_url(base_url)
         self.policy = policy or RetryPolicy()
         self._session = build_session(pool_size)
-        self._headers = {
-            "Authorization": f"Bearer {self._key.reveal()}",
-            "Content-Type": "application/json",
-            "User-Agent": "airflow-provider-pagent",
-        }
+        self._headers = MaskedHeaders(
+            {
+                "Authorization": f"Bearer {self._key.reveal()}",
+                "Content-Type": "application/json",
+                "User-Agent": "airflow-provider-pagent",
+            }
+        )
         self.transport = Transport(self._session, self._headers, self.policy)
 
     def __repr__(self) -> str:

@@ -76,7 +76,7 @@ _FUTURE_TOLERANCE_MS = 3_600_000
 # Floats whose cents lie within this distance of an integer take the fast path.
 # See _float_dollars_to_cents for why that is exact.
 _NEAR_INTEGER = 1e-6
-# Beyond this many cents (a billion dollars times 100) the spacing of float64
+# Beyond this many cents (100 billion dollars) the spacing of float64
 # values gets too coarse for the fast-path proof; such values take the exact path.
 _FAST_PATH_MAX_CENTS = 1e13
 
@@ -1005,8 +1005,13 @@ def ids_to_strings(values: pd.Series, *, field: str = "value") -> Converted:
 
 
 def _text_ids(values: pd.Series, field: str) -> tuple[np.ndarray, np.ndarray]:
-    strings = values.to_numpy(dtype=object, na_value=None)
-    blank = (values.str.strip() == "").fillna(False).to_numpy(dtype=bool)
+    strings = values.to_numpy(dtype=object, na_value=None, copy=True)
+    # The same test as `values.str.strip() == ""`, but C-level map() over the
+    # str objects we need anyway: no intermediate stripped strings, about 5x
+    # faster on the default (Python-backed) str dtype.
+    present = ~_missing(values)
+    blank = np.zeros(len(strings), dtype=bool)
+    blank[present] = ~np.fromiter(map(bool, map(str.strip, strings[present])), dtype=bool, count=int(present.sum()))
     reasons = _new_reasons(len(strings))
     _add_reasons(reasons, blank, lambda i: _blank_id(field, strings[i]))
     strings[blank] = None
@@ -1355,7 +1360,7 @@ def _collect(
 ) -> np.ndarray:
     """Record the reasons of a converted column (plus one for missing values, if given); return its values."""
     values = converted.values.to_numpy(dtype=object)
-    reasons = converted.reasons.to_numpy(dtype=object)
+    reasons = converted.reasons.to_numpy(dtype=object, copy=True)
     if missing_reason is not None:
         # Missing: no value and no reason of its own.
         _add_reasons(reasons, np.equal(values, None), lambda i: missing_reason)

@@ -99,6 +99,15 @@ class RateLimitGate:
             time.sleep(delay)
 
 
+class MaskedHeaders(dict[str, str]):
+    """Request headers whose repr hides the ``Authorization`` value."""
+
+    def __repr__(self) -> str:
+        return repr({name: "***" if name.lower() == "authorization" else value for name, value in self.items()})
+
+    __str__ = __repr__
+
+
 class _RetryLater(Exception):
     """Internal: an attempt failed in a way worth retrying."""
 

@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from pagent_provider.testing.emulator import Faults, IngestEmulator
 
 
-def build_arg_parser(prog: str | None = "python -m pagent_provider.testing") -> argparse.ArgumentParser:
+def build_arg_parser(
+    prog: str | None = "python -m pagent_provider.testing",
+) -> argparse.ArgumentParser:
     """Build the command-line parser of the emulator.
 
     Args:
@@ -32,8 +34,12 @@ def build_arg_parser(prog: str | None = "python -m pagent_provider.testing") -> 
         prog=prog,
         description="Serve a local emulator of pagent's server-side conversions ingest API.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    parser.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one (default %(default)s)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=8080, help="port; 0 picks a free one (default %(default)s)"
+    )
     parser.add_argument(
         "--key",
         dest="keys",
@@ -41,8 +47,12 @@ def build_arg_parser(prog: str | None = "python -m pagent_provider.testing") -> 
         metavar="KEY",
         help='accepted API key; repeatable (default "test-key")',
     )
-    parser.add_argument("--latency-ms", type=float, default=0.0, metavar="N", help="delay before every answer")
-    parser.add_argument("--fail-every", type=int, default=0, metavar="K", help="answer every K-th POST with 500")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, metavar="N", help="delay before every answer"
+    )
+    parser.add_argument(
+        "--fail-every", type=int, default=0, metavar="K", help="answer every K-th POST with 500"
+    )
     parser.add_argument(
         "--rate-limit-every", type=int, default=0, metavar="K", help="answer every K-th POST with 429"
     )
@@ -63,7 +73,11 @@ def build_arg_parser(prog: str | None = "python -m pagent_provider.testing") -> 
         "--hang-every", type=int, default=0, metavar="K", help="never answer every K-th POST"
     )
     parser.add_argument(
-        "--hang-s", type=float, default=30.0, metavar="S", help="how long a hanging POST waits (default %(default)s)"
+        "--hang-s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="how long a hanging POST waits (default %(default)s)",
     )
     parser.add_argument(
         "--fast-sink",

@@ -1,0 +1,73 @@
+"""Shared test set-up: a throw-away AIRFLOW_HOME, and real databases.
+
+Airflow reads its configuration when first imported, so the environment is
+set here, before any test module imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="pagent-airflow-home-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME}/airflow.db"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
+
+POSTGRES_ADMIN_URL = os.environ.get("PAGENT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+MARIADB_ADMIN_URL = os.environ.get("PAGENT_TEST_MARIADB_URL", "mysql+mysqldb://root@127.0.0.1:3306/mysql")
+
+
+def services_required() -> bool:
+    """CI sets PAGENT_REQUIRE_SERVICES=1: a missing database is then a failure, never a skip."""
+    return os.environ.get("PAGENT_REQUIRE_SERVICES") == "1"
+
+
+def _unavailable(name: str, error: Exception) -> None:
+    message = f"{name} is not reachable ({type(error).__name__}: {error})"
+    if services_required():
+        pytest.fail(f"{message}; PAGENT_REQUIRE_SERVICES=1 forbids skipping")
+    pytest.skip(message)
+
+
+def _scratch_database(admin_url: str, name: str) -> Iterator[str]:
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    database = f"pagent_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {database}")
+    except Exception as error:  # noqa: BLE001 - any failure means the server is not usable
+        admin.dispose()
+        _unavailable(name, error)
+    url = sa.engine.make_url(admin_url).set(database=database)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            if admin.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            else:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {database}")
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """SQLAlchemy URL of a fresh PostgreSQL database, dropped afterwards."""
+    yield from _scratch_database(POSTGRES_ADMIN_URL, "PostgreSQL on 127.0.0.1:5432")
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    """SQLAlchemy URL of a fresh MariaDB database, dropped afterwards."""
+    yield from _scratch_database(MARIADB_ADMIN_URL, "MariaDB on 127.0.0.1:3306")
