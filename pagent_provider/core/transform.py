@@ -25,7 +25,6 @@ that need exact decimal rounding.
 from __future__ import annotations
 
 import datetime as _dt
-import itertools
 import json
 import math
 import re
@@ -990,7 +989,7 @@ def ids_to_strings(values: pd.Series, *, field: str = "value") -> Converted:
         strings, reasons = _text_ids(values, field)
     elif kind == "int":
         raw, missing, too_large = _int_array(values)
-        strings = raw.astype(str).astype(object)
+        strings = np.fromiter(map(str, raw.tolist()), dtype=object, count=len(raw))
         strings[missing] = None
         reasons = _new_reasons(len(raw))
         shown = values.to_numpy(dtype=object)
@@ -1435,47 +1434,25 @@ def _first_problems(size: int, checks: list[tuple[str, np.ndarray]]) -> tuple[np
 
 
 def _assemble_events(fields: dict[str, Any], positions: np.ndarray) -> list[dict[str, Any]]:
-    """Build the event dicts of the valid rows, leaving out fields without a value.
+    """Build the event dicts of the rows at ``positions``, leaving out fields without a value.
 
-    Rows are grouped by which optional fields they lack, so that each group is
-    built with a plain ``dict(zip(...))`` and no per-field test per row.
+    The dicts are filled one field at a time, each field in one pass over its
+    values: about twice as fast as ``dict(zip(names, row))`` per row (no pair
+    tuples), and a missing optional value is skipped by selecting the rows
+    that have one instead of testing every value.
     """
-    names = [name for name in EVENT_FIELDS if name in fields]
-    columns = {
-        name: itertools.repeat(fields[name]) if isinstance(fields[name], str) else fields[name][positions]
-        for name in names
-    }
-    count = len(positions)
-    # A pattern bit per field that is None in some row (required ids never are, once valid).
-    nullable = [name for name in names if not isinstance(fields[name], str) and _has_none(columns[name])]
-    if not nullable:
-        return _dicts(names, [_take(columns[name], None) for name in names])
-    pattern = np.zeros(count, dtype=np.int64)
-    for bit, name in enumerate(nullable):
-        pattern |= np.equal(columns[name], None).astype(np.int64) << bit
-    events: list[Any] = [None] * count
-    for code in np.unique(pattern).tolist():
-        rows = np.flatnonzero(pattern == code)
-        kept = [name for name in names if name not in nullable or not (code >> nullable.index(name)) & 1]
-        group = _dicts(kept, [_take(columns[name], rows) for name in kept])
-        for position, event in zip(rows.tolist(), group, strict=True):
-            events[position] = event
+    events: list[dict[str, Any]] = [{} for _ in range(len(positions))]
+    targets = np.empty(len(events), dtype=object)  # the same dicts, for selecting rows with numpy
+    targets[:] = events
+    for name in (name for name in EVENT_FIELDS if name in fields):
+        value = fields[name]
+        if isinstance(value, str):  # a constant from the config
+            for event in events:
+                event[name] = value
+            continue
+        values = value[positions]
+        present = ~np.equal(values, None)
+        rows = events if present.all() else targets[present].tolist()
+        for event, item in zip(rows, values[present].tolist(), strict=True):
+            event[name] = item
     return events
-
-
-def _has_none(values: np.ndarray) -> bool:
-    return bool(np.equal(values, None).any())
-
-
-def _take(values: Any, rows: np.ndarray | None) -> Any:
-    """Python list of ``values`` at ``rows`` (all when None); a repeated constant stays as it is."""
-    if isinstance(values, itertools.repeat):
-        return values
-    return (values if rows is None else values[rows]).tolist()
-
-
-def _dicts(names: list[str], lists: list[Any]) -> list[dict[str, Any]]:
-    if not any(isinstance(column, list) for column in lists):
-        # Only constants: zip over repeats would never end.
-        return []
-    return [dict(zip(names, row, strict=False)) for row in zip(*lists, strict=False)]
