@@ -5,11 +5,16 @@ Each run uploads the conversions of its data interval (one day), selected by
 days; the ledger makes a re-run, a retry or an overlapping backfill send
 nothing twice.
 
-Manual runs: ``airflow dags trigger`` and ``dag.test()`` do not always get the
-interval a scheduled run would. Trigger with a logical date and use the
-``data_interval_*`` templates below only for scheduled runs and backfills; for
-a one-off manual sync of a given day, prefer ``airflow backfill create
---from-date D --to-date D``, which runs it as the scheduler would.
+The schedule is a ``CronDataIntervalTimetable``: in Airflow 3 a plain
+``schedule="@daily"`` is a trigger timetable whose runs have an *empty* data
+interval (start == end), which would select nothing.
+
+Manual runs (``airflow dags trigger``, ``dag.test(logical_date=D)``) get the
+last *complete* day before ``D``: triggering at ``2026-11-25T00:00Z`` syncs
+2026-11-24. Scheduled runs and backfills get their own day. The templates
+below (``data_interval_start``/``data_interval_end``) are right for all of
+them; do not use ``{{ ds }}`` here, which is the logical date and differs
+between manual and scheduled runs.
 
 Connections (Airflow UI, or ``AIRFLOW_CONN_*`` environment variables):
 ``warehouse`` (any SQL connection) and ``pagent_default`` (type ``pagent``).
@@ -20,7 +25,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG
+from airflow.sdk import DAG, CronDataIntervalTimetable
 
 from pagent_provider.operators.conversions import ConversionsOperator
 
@@ -31,7 +36,7 @@ INTERVAL_END = "{{ data_interval_end.in_timezone('UTC').strftime('%Y-%m-%d %H:%M
 with DAG(
     dag_id="pagent_daily_conversions",
     description="Upload each day's purchases to pagent as server-side conversions",
-    schedule="@daily",
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=True,
     max_active_runs=4,

@@ -1,5 +1,5 @@
--- One data interval of purchases. :start and :end are bound parameters
--- (SQLAlchemy's :name style works on SQLite, PostgreSQL and MariaDB alike).
+-- One data interval of purchases. The interval bounds are bound parameters in
+-- SQLAlchemy's colon-name style, which works on SQLite, PostgreSQL and MariaDB alike.
 SELECT
     order_id,
     session_id,

@@ -32,7 +32,7 @@ import time as _time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -96,7 +96,7 @@ _DIGITS_TEXT = r"[+-]?[0-9]{1,18}"
 # An ISO-8601 text ends with "Z" or a UTC offset when, after the date/time
 # separator, it ends with one. "2026-11-26" ends with "-26", which is part of
 # the date, hence the separator in front.
-_AWARE_TEXT = r"[Tt ].*(?:[zZ]|[+-][0-9]{2}(?::?[0-9]{2})?)"
+_AWARE_TEXT = r"[Tt ].*(?:[zZ]|[+-][0-9]{2}(?::?[0-9]{2})?)$"
 
 _UTC_KEYS = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu"})
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
@@ -487,10 +487,11 @@ _RevenueArrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # int64 cents, ok ma
 
 def _int_revenue(values: pd.Series, unit: RevenueUnit) -> _RevenueArrays:
     raw, missing, too_large = _int_array(values)
-    limit = _INT64_MAX // 100 if unit == "dollars" else _INT64_MAX
-    too_large |= (raw > limit) | (raw < -limit)
+    factor = 100 if unit == "dollars" else 1
+    # The int64 range divided by the factor, rounded towards zero at both ends.
+    too_large |= (raw > _INT64_MAX // factor) | (raw < -(-_INT64_MIN // factor))
     ok = ~missing & ~too_large
-    cents = np.where(ok, raw, 0) * (100 if unit == "dollars" else 1)
+    cents = np.where(ok, raw, 0) * factor
     reasons = _new_reasons(len(raw))
     shown = values.to_numpy(dtype=object)
     _add_reasons(reasons, too_large & ~missing, lambda i: _revenue_overflow(shown[i], unit))
@@ -769,7 +770,7 @@ def _times_from_ints(values: pd.Series) -> _Times:
     times.ok[:] = ~missing & ~too_large
     times.numeric[:] = True
     shown = values.to_numpy(dtype=object)
-    _add_reasons(times.reasons, too_large, lambda i: _far_future(shown[i]))
+    _add_reasons(times.reasons, too_large, lambda i: _time_out_of_range(shown[i]))
     return times
 
 
@@ -782,7 +783,7 @@ def _times_from_floats(x: np.ndarray) -> _Times:
     times.ok[:] = in_range
     times.numeric[:] = True
     _add_reasons(times.reasons, np.isinf(x), lambda i: f"time {_shown(x[i])} is not a finite number")
-    _add_reasons(times.reasons, finite & ~in_range, lambda i: _far_future(x[i]))
+    _add_reasons(times.reasons, finite & ~in_range, lambda i: _time_out_of_range(x[i]))
     return times
 
 
@@ -805,7 +806,7 @@ def _times_from_text(values: pd.Series, zone: ZoneInfo) -> _Times:
     iso = ~missing & ~digits
     if iso.any():
         texts = stripped[iso]
-        aware = texts.str.fullmatch(_AWARE_TEXT).fillna(False).to_numpy(dtype=bool)
+        aware = texts.str.contains(_AWARE_TEXT, regex=True).fillna(False).to_numpy(dtype=bool)
         parsed = _parse_iso_as_utc(texts)
         if (~aware).any():
             parsed[~aware] = _naive_to_utc(parsed[~aware], zone)
@@ -878,7 +879,7 @@ def _time_from_number(item: Any, i: int, times: _Times) -> None:
             times.reasons[i] = f"time {_shown(item)} is not a finite number"
             return
         if item.adjusted() > 18:
-            times.reasons[i] = _far_future(item)
+            times.reasons[i] = _time_out_of_range(item)
             return
         value = int(item.to_integral_value(rounding=ROUND_FLOOR, context=_DECIMAL))
     elif isinstance(item, float | np.floating):
@@ -890,7 +891,7 @@ def _time_from_number(item: Any, i: int, times: _Times) -> None:
         times.reasons[i] = _unreadable_time(item)
         return
     if not -(2**62) < value < 2**62:
-        times.reasons[i] = _far_future(item)
+        times.reasons[i] = _time_out_of_range(item)
         return
     times.ms[i], times.ok[i], times.numeric[i] = value, True, True
 
@@ -943,8 +944,8 @@ def _too_late(times: _Times, i: int, now_ms: int, latest: int) -> str:
     return message + "; check the time column and the timezone setting"
 
 
-def _far_future(value: Any) -> str:
-    return f"time {_shown(value)} is far in the future as Unix milliseconds; check the time column"
+def _time_out_of_range(value: Any) -> str:
+    return f"time {_shown(value)} is far out of range as Unix milliseconds; check the time column"
 
 
 def _unreadable_time(value: Any) -> str:
@@ -974,8 +975,10 @@ def ids_to_strings(values: pd.Series, *, field: str = "value") -> Converted:
     whitespace-only string is invalid. Integers, including integer columns
     with NULLs that pandas turned into floats (123.0), become ``"123"``;
     other floats use their repr, ``Decimal`` its text, ``UUID`` its text.
-    Booleans, infinities and other types are invalid. Missing values are
-    ``None`` with no reason: whether that is allowed depends on the field.
+    Invalid: booleans, infinities, other types, and whole floats of 2**53 or
+    more (an integer id that went through float64 may have lost digits).
+    Missing values are ``None`` with no reason: whether that is allowed
+    depends on the field.
 
     Args:
         values: the id column.
@@ -1055,6 +1058,13 @@ def _id_from_scalar(value: Any, field: str) -> tuple[str | None, str | None]:
     if isinstance(value, float | np.floating | Decimal):
         if not math.isfinite(value):
             return None, f"{field} {_shown(value)} is not a usable id"
+        if not isinstance(value, Decimal) and value == int(value) and abs(value) >= 2**53:
+            # An integer id column with NULLs arrives as float64, which keeps
+            # only 53 bits: the digits may already be wrong, so do not send them.
+            return None, (
+                f"{field} {_shown(value)} arrived as a float too large to hold every integer exactly, "
+                "so its digits may be wrong; cast the column to text in the SQL"
+            )
         if value == int(value):
             return str(int(value)), None
         if isinstance(value, Decimal):
@@ -1155,12 +1165,22 @@ def _properties_shape_problem(value: Any) -> str | None:
 
 def _json_value(value: Any) -> Any:
     """Make a value JSON-safe, recursively. Raises _NotJsonError for the rest."""
-    if value is None or isinstance(value, str | bool):
+    if value is None:
+        return None
+    if isinstance(value, np.generic):
+        # First: np.float64 and np.str_ subclass float and str, and
+        # np.datetime64.item() would give bare nanoseconds.
+        if isinstance(value, np.datetime64):
+            return None if np.isnat(value) else pd.Timestamp(value).isoformat()
+        if isinstance(value, np.timedelta64):
+            return None if np.isnat(value) else pd.Timedelta(value).isoformat()
+        return _json_value(value.item())
+    if isinstance(value, str | bool):
         return value
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return float(value) if math.isfinite(value) else None
     if _is_missing_scalar(value):
         return None
     if isinstance(value, Mapping):
@@ -1171,12 +1191,8 @@ def _json_value(value: Any) -> Any:
         if not value.is_finite():
             return None
         return int(value) if value == value.to_integral_value(context=_DECIMAL) else float(value)
-    if isinstance(value, np.datetime64):
-        return pd.Timestamp(value).isoformat()
-    if isinstance(value, np.timedelta64 | _dt.timedelta):
+    if isinstance(value, _dt.timedelta):
         return pd.Timedelta(value).isoformat()
-    if isinstance(value, np.generic):
-        return _json_value(value.item())
     if isinstance(value, _dt.datetime | _dt.date | _dt.time):
         return value.isoformat()
     if isinstance(value, uuid.UUID):

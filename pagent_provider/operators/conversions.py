@@ -107,7 +107,7 @@ class ConversionsOperator(BaseSQLOperator):
         self.key_column = key_column
         self.revenue_unit = revenue_unit
         self.timezone = timezone
-        self.label = label
+        self.event_label = label  # BaseOperator already has a `label` property
         self.conversion_id = conversion_id
         self.require_time = require_time
         self.max_invalid_rows = max_invalid_rows
@@ -132,7 +132,7 @@ class ConversionsOperator(BaseSQLOperator):
             key_column=self.key_column,
             revenue_unit=self.revenue_unit,
             timezone=self.timezone,
-            label=self.label,
+            label=self.event_label,
             conversion_id=self.conversion_id,
             require_time=self.require_time,
         )
