@@ -25,18 +25,18 @@ def read_sql_chunks(
 
     Args:
         engine: the source database.
-        sql: the query. With ``parameters``, placeholders use SQLAlchemy's
-            ``:name`` style on every database; without, the text goes to the
-            driver as it is.
+        sql: the query, read as SQLAlchemy ``text()``: placeholders use the
+            ``:name`` style on every database, ``%`` needs no escaping (``LIKE
+            'a%'`` works on every driver), and a literal colon before a word
+            inside a string must be escaped as ``\\:``.
         parameters: values for the ``:name`` placeholders.
         chunksize: rows per DataFrame.
     """
     if chunksize < 1:
         raise ValueError(f"chunksize must be at least 1, got {chunksize}")
-    statement: str | sa.TextClause = sa.text(sql) if parameters else sql
     with engine.connect() as connection:
         streaming = connection.execution_options(stream_results=True, max_row_buffer=chunksize)
         yield from pd.read_sql(
-            statement, streaming, params=dict(parameters) if parameters else None,
+            sa.text(sql), streaming, params=dict(parameters or {}),
             chunksize=chunksize, coerce_float=False,
         )

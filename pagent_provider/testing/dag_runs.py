@@ -7,7 +7,7 @@ before Airflow is first imported; connections come from ``AIRFLOW_CONN_*``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,15 @@ def load_dag(dags_folder: str | Path, dag_id: str, *, retries: int | None = 0) -
 
 
 def run_dag(dag: Any, logical_date: datetime, *, task_id: str, **test_kwargs: Any) -> DagRunResult:
-    """``dag.test(logical_date=...)`` and the XCom return value of ``task_id`` (``None`` if it failed)."""
+    """``dag.test(logical_date=...)`` and the XCom return value of ``task_id`` (``None`` if it failed).
+
+    A naive ``logical_date`` is read as UTC.
+    """
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
+
+    if logical_date.tzinfo is None:
+        logical_date = logical_date.replace(tzinfo=timezone.utc)
 
     dagrun = dag.test(logical_date=logical_date, **test_kwargs)
     with create_session() as session:

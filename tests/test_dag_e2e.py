@@ -1,0 +1,123 @@
+"""The example DAG through real Airflow (``dag.test()``), three real warehouses, the emulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from pagent_provider.testing.dag_runs import load_dag, run_dag
+from pagent_provider.testing.sample_warehouse import generate_conversions, load_conversions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DAG_ID = "pagent_daily_conversions"
+DAY_1 = datetime(2026, 11, 24)
+DAYS = 2
+ROWS = 900
+
+
+def airflow_connection(url: str) -> dict:
+    """An Airflow connection (as AIRFLOW_CONN_* JSON) for a SQLAlchemy URL of the test databases."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return {"conn_type": "sqlite", "host": parsed.database}
+    conn_type = {"postgresql": "postgres", "mysql": "mysql"}[parsed.get_backend_name()]
+    return {
+        "conn_type": conn_type,
+        "host": parsed.host,
+        "port": parsed.port,
+        "login": parsed.username,
+        "password": parsed.password or "",
+        "schema": parsed.database,
+    }
+
+
+@pytest.fixture(params=["sqlite", "postgres", "mariadb"])
+def warehouse_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'warehouse.db'}"
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def purchases(warehouse_url) -> pd.DataFrame:
+    frame = generate_conversions(ROWS, start=DAY_1, end=DAY_1 + timedelta(days=DAYS + 1), seed=11)
+    engine = sa.create_engine(warehouse_url)
+    try:
+        load_conversions(engine, frame)
+    finally:
+        engine.dispose()
+    return frame
+
+
+@pytest.fixture(scope="module")
+def dag():
+    return load_dag(ROOT / "dags", DAG_ID)
+
+
+def expected_events(frame: pd.DataFrame, day: datetime) -> dict[str, dict]:
+    """What pagent must receive for one day, computed independently of the transform (per row, Decimal)."""
+    rows = frame[(frame.converted_at >= day) & (frame.converted_at < day + timedelta(days=1))]
+    expected = {}
+    for row in rows.itertuples():
+        when = row.converted_at.to_pydatetime().replace(tzinfo=timezone.utc)
+        expected[row.session_id] = {
+            "session_id": row.session_id,
+            "user_id": row.user_id,
+            "conversion_id": row.conversion_id,
+            "label": row.label,
+            "revenue": int((row.amount_usd * 100).quantize(Decimal(1), ROUND_HALF_UP)),
+            "time": int(when.timestamp() * 1000),
+            "properties": {"channel": row.channel, "coupon": None if pd.isna(row.coupon) else row.coupon},
+        }
+    return expected
+
+
+def test_daily_dag_delivers_each_day_exactly_once(dag, purchases, warehouse_url, pagent_emulator, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(airflow_connection(warehouse_url)))
+    monkeypatch.setenv("AIRFLOW_CONN_PAGENT_DEFAULT", pagent_emulator.airflow_connection_json())
+
+    for n in range(DAYS):
+        day = DAY_1 + timedelta(days=n)
+        before = len(pagent_emulator.events())
+        # A manual run at midnight D syncs the complete day before D (CronDataIntervalTimetable).
+        run = run_dag(dag, day + timedelta(days=1), task_id="sync_purchases")
+        assert run.state == "success"
+        received = {e["session_id"]: e for e in pagent_emulator.events()[before:]}
+        expected = expected_events(purchases, day)
+        assert len(pagent_emulator.events()) - before == len(expected) > 100
+        assert received == expected
+        summary = run.result
+        assert summary["rows"] == summary["valid"] == summary["sent"] == summary["accepted"] == len(expected)
+        assert summary["batches"] == -(-len(expected) // 100)
+        assert summary["invalid"] == summary["already_sent"] == summary["unknown"] == 0
+        assert summary["dry_run"] is False and summary["duration_s"] > 0
+
+    again = run_dag(dag, DAY_1 + timedelta(days=1), task_id="sync_purchases")
+    assert again.state == "success"
+    assert again.result["sent"] == 0
+    assert again.result["already_sent"] == len(expected_events(purchases, DAY_1))
+    assert len(pagent_emulator.events()) == sum(len(expected_events(purchases, DAY_1 + timedelta(days=n))) for n in range(DAYS))
+
+
+def test_failing_sync_fails_the_dag_run(dag, tmp_path, pagent_emulator, monkeypatch):
+    warehouse = tmp_path / "broken.db"
+    engine = sa.create_engine(f"sqlite:///{warehouse}")
+    frame = generate_conversions(50, start=DAY_1, end=DAY_1 + timedelta(days=1), seed=3)
+    frame.loc[7, "conversion_id"] = None  # the goal label matched no goal
+    load_conversions(engine, frame)
+    engine.dispose()
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
+    monkeypatch.setenv("AIRFLOW_CONN_PAGENT_DEFAULT", pagent_emulator.airflow_connection_json())
+
+    run = run_dag(dag, DAY_1 + timedelta(days=1), task_id="sync_purchases")
+    assert run.state == "failed"  # max_invalid_rows=0 in the example DAG
+    assert len(pagent_emulator.events()) == 49  # the valid rows were still delivered
+    rejects = pd.read_sql("SELECT * FROM pagent_ledger_rejects", f"sqlite:///{warehouse}")
+    assert list(rejects.row_ref) == ["8"] and "no configured goal" in rejects.reason[0]
