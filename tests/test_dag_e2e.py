@@ -17,7 +17,7 @@ from pagent_provider.testing.sample_warehouse import generate_conversions, load_
 ROOT = Path(__file__).resolve().parent.parent
 
 DAG_ID = "pagent_daily_conversions"
-DAY_1 = datetime(2026, 11, 24)
+DAY_1 = datetime(2026, 11, 10)  # in the past: times more than an hour ahead are refused
 DAYS = 2
 ROWS = 900
 
@@ -121,3 +121,23 @@ def test_failing_sync_fails_the_dag_run(dag, tmp_path, pagent_emulator, monkeypa
     assert len(pagent_emulator.events()) == 49  # the valid rows were still delivered
     rejects = pd.read_sql("SELECT * FROM pagent_ledger_rejects", f"sqlite:///{warehouse}")
     assert list(rejects.row_ref) == ["8"] and "no configured goal" in rejects.reason[0]
+
+
+def test_mapped_backfill_partitions_overlapping_the_daily_dag(dag, tmp_path, pagent_emulator, monkeypatch):
+    warehouse = tmp_path / "warehouse.db"
+    engine = sa.create_engine(f"sqlite:///{warehouse}")
+    frame = generate_conversions(600, start=DAY_1, end=DAY_1 + timedelta(days=4), seed=5)
+    load_conversions(engine, frame)
+    engine.dispose()
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
+    monkeypatch.setenv("AIRFLOW_CONN_PAGENT_DEFAULT", pagent_emulator.airflow_connection_json())
+
+    daily = run_dag(dag, DAY_1 + timedelta(days=1), task_id="sync_purchases")  # day 1 by the daily DAG
+    assert daily.state == "success" and daily.result["sent"] > 0
+
+    backfill = load_dag(ROOT / "dags", "pagent_backfill_partitions")
+    conf = {"start": DAY_1.date().isoformat(), "end": (DAY_1 + timedelta(days=4)).date().isoformat(), "days_per_partition": 1}
+    run = run_dag(backfill, DAY_1 + timedelta(days=10), task_id="sync_partition", run_conf=conf)
+    assert run.state == "success"
+    received = [e["session_id"] for e in pagent_emulator.events()]
+    assert sorted(received) == sorted(frame.session_id)  # every order once: the day already sent was skipped

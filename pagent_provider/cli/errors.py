@@ -1,0 +1,28 @@
+"""Exit statuses of ``pagent-conversions`` and the error that means "fix the command line"."""
+
+from __future__ import annotations
+
+from pagent_provider.exceptions import PagentAuthError, PagentConfigError
+
+EXIT_OK = 0
+#: The sync (or the check) ran but failed: rows refused beyond the limit, outcomes unknown, pagent unavailable.
+EXIT_FAILED = 1
+#: A usage or configuration mistake: bad flags, missing API key, a missing column (argparse uses 2 too).
+EXIT_USAGE = 2
+#: pagent refused the API key (401/403).
+EXIT_AUTH = 3
+#: Stopped by Ctrl-C (128 + SIGINT, the shell convention).
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """A mistake in the command line or the environment that the user must fix; exits 2."""
+
+
+def exit_code_for(error: BaseException) -> int:
+    """The exit status that reports ``error``."""
+    if isinstance(error, UsageError | PagentConfigError):
+        return EXIT_USAGE
+    if isinstance(error, PagentAuthError):
+        return EXIT_AUTH
+    return EXIT_FAILED
