@@ -1,0 +1,332 @@
+"""The argparse parser of ``pagent-conversions``: subcommands, options, help texts and examples.
+
+Only the standard library and the emulator's own parser are imported here, so
+that ``--help`` answers at once, without loading pandas or SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from pagent_provider import __version__
+from pagent_provider.core.client import DEFAULT_BASE_URL
+from pagent_provider.testing.__main__ import build_arg_parser as build_emulator_arg_parser
+
+PROG = "pagent-conversions"
+API_KEY_ENV = "PAGENT_API_KEY"
+BASE_URL_ENV = "PAGENT_BASE_URL"
+# The operator's default ledger namespace is its pagent connection id, "pagent_default":
+# sharing it lets the CLI and Airflow DAGs see each other's deliveries in one ledger.
+DEFAULT_LEDGER_NAMESPACE = "pagent_default"
+
+_EXIT_STATUS = """\
+exit status:
+  0  success
+  1  the sync failed: rows invalid or refused beyond --max-invalid-rows, answers lost
+     (unknown outcome) under --unknown-outcome resend, pagent or the database unavailable
+  2  usage or configuration error: bad flags, PAGENT_API_KEY missing, a missing column
+  3  pagent refused the API key (401)"""
+
+_ENVIRONMENT = f"""\
+environment:
+  {API_KEY_ENV}   the API key (pagent: Settings > API Keys); required unless --dry-run.
+                   Never a flag, so that it stays out of shell history and process lists.
+  {BASE_URL_ENV}  default of --base-url"""
+
+_MAIN_EPILOG = f"""\
+examples:
+  export {API_KEY_ENV}=...          # never pass the key as a flag
+  {PROG} check
+  {PROG} sync --source-url sqlite:///shop.db --sql orders.sql --key-column order_id
+  {PROG} emulator --port 8080      # a local stand-in for pagent's ingest API
+
+Run '{PROG} COMMAND --help' for the options of a command.
+
+{_ENVIRONMENT}"""
+
+_SYNC_EPILOG = f"""\
+examples:
+  # every order since a date; columns named like the event fields need no mapping
+  {PROG} sync --source-url postgresql+psycopg://etl@warehouse/shop \\
+      --sql "SELECT order_id, session_id, user_id, conversion_id,
+                    amount_usd AS revenue, converted_at AS time
+             FROM orders WHERE converted_at >= :since" \\
+      --param since=2025-01-01 --key-column order_id
+
+  # a .sql file; columns mapped instead of aliased; extra columns as properties
+  {PROG} sync --source-url sqlite:///shop.db --sql orders.sql \\
+      --columns time=converted_at revenue=amount_usd \\
+      --properties-columns channel,coupon --key-column order_id --label purchase
+
+  # read, transform and validate everything; send nothing, write nothing
+  {PROG} sync --source-url sqlite:///shop.db --sql orders.sql --key-column order_id --dry-run
+
+  # against the local emulator (it accepts the key "test-key"), summary as JSON
+  {PROG} emulator --port 8080 &
+  {API_KEY_ENV}=test-key {PROG} sync --base-url http://127.0.0.1:8080 \\
+      --source-url sqlite:///shop.db --sql orders.sql --key-column order_id --json
+
+The ledger table (default: in the source database) remembers every conversion
+sent, so re-runs, overlapping intervals and parallel runs send each one once.
+Query parameters are passed as text; the database converts them (use CAST in
+the SQL where it does not).
+
+{_ENVIRONMENT}
+
+{_EXIT_STATUS}"""
+
+_CHECK_EPILOG = f"""\
+examples:
+  {API_KEY_ENV}=... {PROG} check
+  {API_KEY_ENV}=test-key {PROG} check --base-url http://127.0.0.1:8080
+
+Sends an empty batch, which pagent refuses with 400 when the key is valid and
+with 401 when it is not: no conversion is recorded.
+
+{_ENVIRONMENT}
+
+exit status:
+  0  the key is valid
+  1  pagent could not be reached (or answered something unexpected)
+  2  usage error, e.g. {API_KEY_ENV} missing
+  3  pagent refused the API key"""
+
+_EMULATOR_EPILOG = f"""\
+examples:
+  {PROG} emulator --port 8080
+  {PROG} emulator --port 0 --key my-key --fail-every 5 --latency-ms 50
+
+It prints 'pagent emulator listening on http://HOST:PORT' and serves until
+Ctrl-C or SIGTERM; then it prints what it accepted. It accepts the key
+"test-key" unless --key is given."""
+
+
+class _ApiKeyFlagRefused(argparse.Action):
+    """Refuses ``--api-key`` with an explanation, without echoing the value into logs."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> NoReturn:
+        parser.error(
+            f"the API key is never taken as a flag (it would land in shell history): "
+            f"set the environment variable {API_KEY_ENV} instead"
+        )
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """Parse ``name=value`` (the value may contain ``=``)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value
+
+
+def comma_list(text: str) -> list[str]:
+    """Parse ``a,b,c`` into names, ignoring blanks around the commas."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names, got {text!r}")
+    return names
+
+
+def positive_int(text: str) -> int:
+    """An integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pagent-conversions`` parser with its ``sync``, ``check`` and ``emulator`` subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Upload server-side conversions from a SQL warehouse to pagent, each one once.",
+        epilog=_MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        # "--key" must never be read as an abbreviation of "--key-column".
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_sync_command(commands)
+    add_check_command(commands)
+    add_emulator_command(commands)
+    return parser
+
+
+def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``sync``: the options mirror ConversionsOperator's parameters and defaults."""
+    sync = commands.add_parser(
+        "sync",
+        help="upload the conversions a SQL query selects",
+        description=(
+            "Read the rows of a SQL query in chunks, turn them into pagent v1 conversion events "
+            "(revenue in exact integer cents, time in Unix milliseconds), validate them and send "
+            "them in batches, recording each in a ledger table so that it is sent once."
+        ),
+        epilog=_SYNC_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    source = sync.add_argument_group("source")
+    source.add_argument(
+        "--source-url", required=True, metavar="URL",
+        help="SQLAlchemy URL of the warehouse, e.g. postgresql+psycopg://user@host/db or sqlite:///shop.db",
+    )
+    source.add_argument(
+        "--sql", required=True, metavar="QUERY_OR_FILE",
+        help="the query, or the path of a file holding it (e.g. orders.sql); '-' reads it from stdin",
+    )
+    source.add_argument(
+        "--param", dest="params", type=key_value, action="extend", nargs="+", default=[], metavar="NAME=VALUE",
+        help="a value for a :NAME placeholder in the query; repeatable",
+    )
+    source.add_argument(
+        "--chunksize", type=positive_int, default=10_000, metavar="N",
+        help="rows read per chunk (default %(default)s)",
+    )
+
+    mapping = sync.add_argument_group("event mapping")
+    mapping.add_argument(
+        "--columns", dest="columns", type=key_value, action="extend", nargs="+", default=[],
+        metavar="FIELD=COLUMN",
+        help="read an event field (session_id, user_id, conversion_id, label, revenue, properties, time) "
+        "from a differently named column, e.g. time=converted_at; repeatable",
+    )
+    mapping.add_argument(
+        "--properties-columns", type=comma_list, action="extend", default=None, metavar="A,B",
+        help="columns gathered into the event's properties object",
+    )
+    mapping.add_argument(
+        "--key-column", metavar="COLUMN",
+        help="a stable unique row key, such as an order id. Strongly advised: without it the key is "
+        "a hash of the event, so a corrected row is sent again as a new conversion",
+    )
+    mapping.add_argument(
+        "--revenue-unit", choices=("dollars", "cents"), default="dollars",
+        help="what the revenue column holds; dollars are converted to cents (default %(default)s)",
+    )
+    mapping.add_argument(
+        "--timezone", default="UTC", metavar="TZ",
+        help="IANA zone in which naive timestamps are read (default %(default)s)",
+    )
+    mapping.add_argument("--label", metavar="L", help="a constant label for every event (replaces the column)")
+    mapping.add_argument(
+        "--conversion-id", metavar="G", help="a constant goal UUID for every event (replaces the column)",
+    )
+    mapping.add_argument(
+        "--no-require-time", dest="require_time", action="store_false",
+        help="accept rows without a conversion time (pagent then stamps them with the upload time)",
+    )
+
+    delivery = sync.add_argument_group("delivery")
+    delivery.add_argument(
+        "--max-invalid-rows", type=int, default=0, metavar="N",
+        help="fail when more rows than this are invalid or refused by pagent (default %(default)s)",
+    )
+    delivery.add_argument(
+        "--batch-size", type=int, default=100, metavar="N", help="events per request, 1 to 100 (default %(default)s)",
+    )
+    delivery.add_argument(
+        "--max-workers", type=int, default=4, metavar="N", help="concurrent requests (default %(default)s)",
+    )
+    delivery.add_argument(
+        "--dry-run", action="store_true",
+        help="read, transform and validate everything; send nothing and write nothing to the ledger "
+        f"({API_KEY_ENV} is not needed)",
+    )
+
+    ledger = sync.add_argument_group("ledger")
+    ledger.add_argument(
+        "--ledger-url", metavar="URL", help="SQLAlchemy URL of the ledger's database (default: --source-url)",
+    )
+    ledger.add_argument(
+        "--ledger-table", default="pagent_ledger", metavar="TABLE",
+        help="the ledger table, schema.table allowed; rejected rows go to TABLE_rejects (default %(default)s)",
+    )
+    ledger.add_argument(
+        "--ledger-namespace", default=DEFAULT_LEDGER_NAMESPACE, metavar="NS",
+        help="scope of the ledger's keys; share it with the DAGs that upload to the same pagent account "
+        "(default %(default)s, as the Airflow operator's)",
+    )
+    ledger.add_argument(
+        "--no-ledger", dest="use_ledger", action="store_false",
+        help="send without a ledger: re-runs send everything again",
+    )
+    ledger.add_argument(
+        "--unknown-outcome", choices=("resend", "skip"), default="resend",
+        help="what to do with events whose earlier answer was lost: resend them (at least once) "
+        "or skip them (at most once) (default %(default)s)",
+    )
+    ledger.add_argument(
+        "--claim-timeout", type=float, default=600.0, metavar="S",
+        help="seconds without heartbeat after which another run's claim counts as abandoned "
+        "(default %(default)s)",
+    )
+
+    add_pagent_options(sync, retries=True)
+    output = sync.add_argument_group("output")
+    output.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    output.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress and the final summary line on stderr",
+    )
+
+
+def add_pagent_options(parser: argparse.ArgumentParser, *, retries: bool) -> None:
+    """Where pagent is, how long to wait for it, and the trap for a key given as a flag."""
+    pagent = parser.add_argument_group("pagent")
+    pagent.add_argument(
+        "--base-url", metavar="URL",
+        help=f"the ingest API (default ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})",
+    )
+    pagent.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S",
+        help="seconds to wait for an answer (default %(default)s)",
+    )
+    if retries:
+        pagent.add_argument(
+            "--max-retries", type=int, default=5, metavar="N",
+            help="retries of a request that failed with 429, 5xx or no connection (default %(default)s)",
+        )
+    pagent.add_argument("--api-key", nargs="?", action=_ApiKeyFlagRefused, help=argparse.SUPPRESS)
+
+
+def add_check_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``check``: test the API key and the base URL without recording a conversion."""
+    check = commands.add_parser(
+        "check",
+        help=f"test ${API_KEY_ENV} and the base URL",
+        description="Test the API key and the base URL without recording a conversion.",
+        epilog=_CHECK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    add_pagent_options(check, retries=False)
+
+
+def add_emulator_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``emulator``: the options are the emulator's own (``python -m pagent_provider.testing``)."""
+    emulator_parser = build_emulator_arg_parser(prog=f"{PROG} emulator")
+    commands.add_parser(
+        "emulator",
+        help="serve a local emulator of pagent's ingest API",
+        description=emulator_parser.description,
+        epilog=_EMULATOR_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[emulator_parser],
+        add_help=False,  # the parent parser brings its own -h/--help
+    )
+
+
+def emulator_argv(argv: Sequence[str]) -> list[str]:
+    """The arguments after the ``emulator`` subcommand, to hand to the emulator's own ``main``.
+
+    The top-level parser has no option that takes a value, so the first
+    ``emulator`` word is the subcommand.
+    """
+    argv = list(argv)
+    return argv[argv.index("emulator") + 1 :]
