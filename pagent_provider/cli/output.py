@@ -10,12 +10,12 @@ STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 
 
-def summary_document(summary: Mapping[str, Any], error: BaseException | None) -> dict[str, Any]:
-    """``SyncSummary.as_dict()`` with ``status`` first and ``error`` when the sync failed."""
+def summary_document(summary: Mapping[str, Any], error: str | None) -> dict[str, Any]:
+    """``SyncSummary.as_dict()`` with ``status`` first, and the ``error`` message when the sync failed."""
     document: dict[str, Any] = {"status": STATUS_FAILED if error is not None else STATUS_OK}
     document.update(summary)
     if error is not None:
-        document["error"] = str(error)
+        document["error"] = error
     return document
 
 

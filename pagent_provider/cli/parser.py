@@ -164,8 +164,8 @@ def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ign
         "sync",
         help="upload the conversions a SQL query selects",
         description=(
-            "Read the rows of a SQL query in chunks, turn them into pagent v1 conversion events "
-            "(revenue in exact integer cents, time in Unix milliseconds), validate them and send "
+            "Read the rows of a SQL query in chunks, turn them into pagent v1 conversion events\n"
+            "(revenue in exact integer cents, time in Unix milliseconds), validate them and send\n"
             "them in batches, recording each in a ledger table so that it is sent once."
         ),
         epilog=_SYNC_EPILOG,
@@ -183,7 +183,7 @@ def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ign
     )
     source.add_argument(
         "--param", dest="params", type=key_value, action="extend", nargs="+", default=[], metavar="NAME=VALUE",
-        help="a value for a :NAME placeholder in the query; repeatable",
+        help="values for :NAME placeholders in the query; repeatable",
     )
     source.add_argument(
         "--chunksize", type=positive_int, default=10_000, metavar="N",
@@ -194,8 +194,8 @@ def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ign
     mapping.add_argument(
         "--columns", dest="columns", type=key_value, action="extend", nargs="+", default=[],
         metavar="FIELD=COLUMN",
-        help="read an event field (session_id, user_id, conversion_id, label, revenue, properties, time) "
-        "from a differently named column, e.g. time=converted_at; repeatable",
+        help="read event fields (session_id, user_id, conversion_id, label, revenue, properties, time) "
+        "from differently named columns, e.g. time=converted_at revenue=amount_usd; repeatable",
     )
     mapping.add_argument(
         "--properties-columns", type=comma_list, action="extend", default=None, metavar="A,B",
@@ -292,7 +292,8 @@ def add_pagent_options(parser: argparse.ArgumentParser, *, retries: bool) -> Non
             "--max-retries", type=int, default=5, metavar="N",
             help="retries of a request that failed with 429, 5xx or no connection (default %(default)s)",
         )
-    pagent.add_argument("--api-key", nargs="?", action=_ApiKeyFlagRefused, help=argparse.SUPPRESS)
+    # Caught here so that argparse's "unrecognized arguments" error does not echo the key into logs.
+    pagent.add_argument("--api-key", "--key", nargs="?", action=_ApiKeyFlagRefused, help=argparse.SUPPRESS)
 
 
 def add_check_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

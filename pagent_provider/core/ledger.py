@@ -163,15 +163,21 @@ def _build_tables(table_name: str) -> tuple[sa.MetaData, sa.Table, sa.Table]:
     return metadata, ledger, rejects
 
 
-def _prepare_sqlite(engine: sa.Engine) -> None:
+def _on_sqlite_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     # WAL lets the ledger commit while the same file is being read in chunks,
     # and the busy timeout lets parallel workers queue instead of failing.
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout = 30000")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.close()
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.close()
+
+
+def _prepare_sqlite(engine: sa.Engine) -> None:
+    # Once per engine: every Ledger built on a shared engine used to add one more
+    # listener, and adding one while another thread opens a connection (which
+    # iterates the listeners) fails with "deque mutated during iteration".
+    if not sa.event.contains(engine, "connect", _on_sqlite_connect):
+        sa.event.listen(engine, "connect", _on_sqlite_connect)
 
 
 class Ledger:
@@ -224,12 +230,21 @@ class Ledger:
 
     def create_tables(self) -> None:
         """Create the ledger and rejects tables when missing (safe when several workers race)."""
-        try:
-            self.metadata.create_all(self.engine, checkfirst=True)
-        except sa.exc.DBAPIError:
-            # another worker created them between our check and our CREATE
-            if not self.tables_exist():
-                raise
+        attempts = 3
+        for attempt in range(1, attempts + 1):
+            try:
+                self.metadata.create_all(self.engine, checkfirst=True)
+                return
+            except sa.exc.DBAPIError:
+                # Another worker created a table between our check and our CREATE.
+                # Where DDL is not transactional (SQLite, MariaDB) it may still be
+                # creating the rejects table: check again and create what is missing,
+                # rather than returning before both tables exist.
+                if attempt == attempts:
+                    inspector = sa.inspect(self.engine)
+                    schema = self.table.schema
+                    if not all(inspector.has_table(t.name, schema=schema) for t in (self.table, self.rejects_table)):
+                        raise
 
     def tables_exist(self) -> bool:
         """True when the ledger table is there."""
@@ -296,6 +311,10 @@ class Ledger:
         }
 
     def _insert_if_absent(self, conn: sa.Connection, rows: list[dict[str, object]]) -> int:
+        # Insert in key order: each inserted key stays locked until commit, and two
+        # runs inserting overlapping keys in different orders (overlapping intervals
+        # read in a different order) deadlock on PostgreSQL and MariaDB.
+        rows = sorted(rows, key=lambda row: str(row["event_key"]))
         dialect = self.engine.dialect.name
         if dialect == "sqlite":
             statement = sqlite_insert(self.table).values(rows).on_conflict_do_nothing()
@@ -390,7 +409,8 @@ class Ledger:
                 t.c.namespace == self.namespace,
                 t.c.event_key == sa.bindparam("b_key"),
                 t.c.claim_id == sa.bindparam("b_old_claim"),
-                t.c.status.in_((CLAIMED, UNKNOWN)),
+                # not status.in_(...): an expanding IN cannot be used with executemany
+                sa.or_(t.c.status == CLAIMED, t.c.status == UNKNOWN),
             )
             .values(
                 status=CLAIMED,
@@ -407,7 +427,8 @@ class Ledger:
             )
         )
         params = [
-            {"b_key": row.event_key, "b_old_claim": row.claim_id, "b_hash": hashes[row.event_key]} for row in rows
+            {"b_key": row.event_key, "b_old_claim": row.claim_id, "b_hash": hashes[row.event_key]}
+            for row in sorted(rows, key=lambda row: row.event_key)  # key order, like the insert: no deadlock
         ]
         with self.engine.begin() as conn:
             conn.execute(statement, params)

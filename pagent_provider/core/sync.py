@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from pagent_provider.core.batching import batched
 from pagent_provider.core.delivery import BatchOutcome, PendingEvent, V1Sender, deliver_batch
 from pagent_provider.core.encoding import content_hash, encode_event, ledger_key
 from pagent_provider.core.events import MAX_EVENTS_PER_REQUEST
@@ -158,7 +159,7 @@ class ConversionSync:
             if not checked:
                 check_columns(list(chunk.columns), self.transform)
                 checked = True
-            for batch in self._batches(self._prepare(chunk)):
+            for batch in batched(self._prepare(chunk), self.options.batch_size):
                 if self._stop_error is not None:
                     return
                 self._submit(batch, pool)
@@ -213,11 +214,6 @@ class ConversionSync:
             else:
                 remaining.append(event)
         return remaining
-
-    def _batches(self, pending: list[PendingEvent]) -> Iterator[list[PendingEvent]]:
-        size = self.options.batch_size
-        for start in range(0, len(pending), size):
-            yield pending[start : start + size]
 
     # --- sending ------------------------------------------------------------
 

@@ -1,0 +1,84 @@
+"""What users would write instead of the sync engine: the baselines it is compared with.
+
+Each baseline is one small function that takes the same source, the same
+query and the same sink as the engine run it is compared with, and returns a
+:class:`~benchmarks.engine_runs.Timing`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pandas as pd
+import requests
+import sqlalchemy as sa
+
+from benchmarks.engine_runs import Timing
+
+V1_PATH = "/v1/conversions"
+BATCH = 100
+
+
+def _headers(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+
+
+def minimal_pipeline(
+    source: sa.Engine, sql: str, base_url: str, *, api_key: str = "test-key", chunksize: int = 10_000
+) -> Timing:
+    """The least a user can write: read chunks, JSON-encode batches of 100, POST them one after another.
+
+    ``pd.read_sql`` in the same chunks as the engine; each chunk becomes
+    records (missing values as ``null``, anything else JSON cannot encode as
+    text), and each batch of 100 is one POST over one pooled
+    :class:`requests.Session`, waiting for each answer before the next. No
+    renaming, no validation, no unit conversion, no ledger: the rows are sent
+    as they come. Against a sink with latency this is also the "sequential
+    batching client" baseline.
+    """
+    url = base_url + V1_PATH
+    headers = _headers(api_key)
+    events = requests_sent = 0
+    started = time.perf_counter()
+    with requests.Session() as session:
+        for chunk in pd.read_sql(sql, source, chunksize=chunksize):
+            records = chunk.astype(object).where(chunk.notna(), None).to_dict("records")
+            for start in range(0, len(records), BATCH):
+                batch = records[start : start + BATCH]
+                body = json.dumps({"events": batch}, default=str).encode()
+                session.post(url, data=body, headers=headers).raise_for_status()
+                events += len(batch)
+                requests_sent += 1
+    return Timing(events=events, seconds=time.perf_counter() - started, requests=requests_sent)
+
+
+def vendor_events(source: sa.Engine, sql: str) -> list[dict[str, Any]]:
+    """The events of the vendor's example: the session variables, a label and revenue in cents."""
+    frame = pd.read_sql(sql, source)
+    return [
+        {
+            "session_id": row.session_id,
+            "user_id": row.user_id,
+            "conversion_id": row.conversion_id,
+            "label": "purchase",
+            "revenue": round(float(row.amount_usd) * 100),
+        }
+        for row in frame.itertuples(index=False)
+    ]
+
+
+def vendor_pattern(events: list[dict[str, Any]], base_url: str, *, api_key: str = "test-key") -> Timing:
+    """The vendor documentation's Python example, once per event.
+
+    ``requests.post(..., json={"events": [event]})`` with no session: one
+    request, and one new TCP connection, per conversion.
+    """
+    url = base_url + V1_PATH
+    headers = _headers(api_key)
+    started = time.perf_counter()
+    for event in events:
+        response = requests.post(url, headers=headers, json={"events": [event]})
+        response.raise_for_status()
+    return Timing(events=len(events), seconds=time.perf_counter() - started, requests=len(events))

@@ -1,0 +1,357 @@
+"""``pagent-conversions sync``: a SQL query's rows to pagent, through the same core as the Airflow operator.
+
+Each step is a small function: read the SQL, build the
+:class:`~pagent_provider.core.transform.TransformConfig`,
+:class:`~pagent_provider.core.sync.SyncOptions` and
+:class:`~pagent_provider.core.ledger.Ledger` from the arguments, run
+:class:`~pagent_provider.core.sync.ConversionSync` over
+:func:`~pagent_provider.core.reading.read_sql_chunks`, and print the summary.
+Nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from pagent_provider.cli.connection import build_retry_policy, read_api_key, resolve_base_url
+from pagent_provider.cli.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError, exit_code_for
+from pagent_provider.cli.output import render_json, render_table, summary_document
+from pagent_provider.cli.parser import API_KEY_ENV, PROG
+from pagent_provider.cli.terminal import ProgressLine, StatusLine, sync_progress_text
+from pagent_provider.core.client import PagentClient
+from pagent_provider.core.delivery import V1Sender
+from pagent_provider.core.ledger import Ledger
+from pagent_provider.core.owner import ClaimOwner
+from pagent_provider.core.reading import read_sql_chunks
+from pagent_provider.core.sync import ConversionSync, SyncOptions
+from pagent_provider.core.transform import TransformConfig
+from pagent_provider.exceptions import PagentAuthError, PagentConfigError, PagentError
+
+log = logging.getLogger(__name__)
+
+# A value that is meant as a file (one word ending in .sql) but names none: a
+# typo, which must not be sent to the database as if it were a query.
+_SQL_FILE_NAME = re.compile(r"\S+\.sql", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def run_sync(args: argparse.Namespace, line: StatusLine) -> int:
+    """Run ``sync``; return the exit status (see the ``sync --help`` epilog).
+
+    Raises:
+        UsageError, PagentConfigError: a mistake in the arguments or the query's columns.
+    """
+    sql = load_sql(args.sql)
+    parameters = build_parameters(args.params)
+    check_placeholders(sql, parameters)
+    transform = build_transform_config(args)
+    options = build_sync_options(args)
+    base_url = resolve_base_url(args)  # validated even in a dry run: a typo should show early
+    policy = build_retry_policy(args)
+    api_key = None if args.dry_run else read_api_key()
+
+    with contextlib.ExitStack() as cleanup:
+        source = create_engine(args.source_url, option="--source-url", must_exist=True)
+        cleanup.callback(source.dispose)
+        ledger = build_ledger(args, cleanup)
+        if api_key is None:
+            sender: V1Sender = DryRunSender()
+        else:
+            sender = cleanup.enter_context(
+                PagentClient(api_key, base_url=base_url, policy=policy, pool_size=args.max_workers)
+            )
+        sync = ConversionSync(sender, transform, options, ledger=ledger)
+        chunks = RowCountingChunks(read_sql_chunks(source, sql, parameters or None, chunksize=args.chunksize))
+        # Registered last, so it runs first: a sync that stopped early leaves the
+        # query's connection checked out, and dispose() only closes idle ones.
+        cleanup.callback(chunks.close)
+        try:
+            error = execute_sync(sync, chunks, line)
+        except KeyboardInterrupt:
+            print_summary(summary_document(sync.summary.as_dict(), "interrupted"), args.json)
+            print(f"{PROG} sync: interrupted; run it again to continue where it stopped", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+    message = describe_failure(error) if error is not None else None
+    print_summary(summary_document(getattr(error, "summary", None) or sync.summary.as_dict(), message), args.json)
+    if error is None:
+        return EXIT_OK
+    print(f"{PROG} sync: failed: {message}", file=sys.stderr)
+    return exit_code_for(error)
+
+
+def execute_sync(sync: ConversionSync, chunks: RowCountingChunks, line: StatusLine) -> BaseException | None:
+    """Run the sync (with a progress line on a terminal); return the error that failed it, if any.
+
+    The error is a :class:`PagentError` from the sync, or the database's error
+    (pandas wraps it in its ``DatabaseError``) from reading the query.
+
+    Raises:
+        PagentConfigError: a configuration problem found once reading began (a missing column).
+    """
+    progress = (
+        ProgressLine(line, lambda elapsed: progress_text(sync, chunks, elapsed))
+        if line.stream.isatty()
+        else contextlib.nullcontext()
+    )
+    try:
+        with progress:
+            sync.run(chunks)
+    except PagentConfigError:
+        raise
+    except (PagentError, sa.exc.SQLAlchemyError) as error:
+        # a failed read outranks what it caused downstream
+        return chunks.error or error
+    return chunks.error
+
+
+def progress_text(sync: ConversionSync, chunks: RowCountingChunks, elapsed_s: float) -> str:
+    """The live counts of a running sync (read without a lock: a stale count for 0.2 s is harmless)."""
+    s = sync.summary
+    return sync_progress_text(chunks.rows, s.sent, s.already_sent, s.invalid, elapsed_s)
+
+
+def describe_failure(error: BaseException) -> str:
+    """The error's message, pointing at the CLI's own way of setting the key where the core names Airflow's."""
+    message = str(error)
+    if isinstance(error, PagentAuthError):
+        message += f" (the command-line tool reads the key from {API_KEY_ENV})"
+    elif isinstance(error, sa.exc.SQLAlchemyError | pd.errors.DatabaseError):
+        message = f"the database failed: {database_error_text(error)}"
+    return message
+
+
+def database_error_text(error: BaseException) -> str:
+    """The driver's own words (``OperationalError: no such table: orders``), without SQLAlchemy's SQL echo."""
+    cause = error.__cause__ if isinstance(error, pd.errors.DatabaseError) else error
+    original = getattr(cause, "orig", None)
+    if original is not None:
+        return f"{type(original).__name__}: {original}"
+    return str(cause or error)
+
+
+def print_summary(document: Mapping[str, Any], as_json: bool) -> None:
+    """The summary on stdout, as JSON or as a table."""
+    print(render_json(document) if as_json else render_table(document), flush=True)
+
+
+# --------------------------------------------------------------------------- the query
+
+
+def load_sql(value: str) -> str:
+    """The query: ``value`` itself, the text of the file it names, or stdin for ``-``.
+
+    Raises:
+        UsageError: the value looks like a ``.sql`` file that does not exist, or the SQL is empty.
+    """
+    if value == "-":
+        sql = sys.stdin.read()
+    elif names_file(value):
+        sql = Path(value).read_text(encoding="utf-8")
+    elif _SQL_FILE_NAME.fullmatch(value.strip()):
+        raise UsageError(f"--sql: no such file: {value}")
+    else:
+        sql = value
+    if not sql.strip():
+        raise UsageError("--sql: the query is empty")
+    if "{{" in sql:
+        log.warning(
+            "the SQL contains '{{': Jinja templates are rendered by Airflow, not by %s; "
+            "use :name placeholders with --param name=value",
+            PROG,
+        )
+    return sql
+
+
+def names_file(value: str) -> bool:
+    """True when ``value`` is the path of an existing file (a long query is not a path)."""
+    try:
+        return Path(value).is_file()
+    except (OSError, ValueError):  # name too long, NUL byte: a query, not a path
+        return False
+
+
+def build_parameters(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """``--param`` pairs as a dict.
+
+    Raises:
+        UsageError: a name is given twice.
+    """
+    parameters: dict[str, str] = {}
+    for name, value in pairs:
+        if name in parameters:
+            raise UsageError(f"--param {name} is given twice")
+        parameters[name] = value
+    return parameters
+
+
+def check_placeholders(sql: str, parameters: Mapping[str, str]) -> None:
+    """Compare the query's ``:name`` placeholders with the ``--param`` names before connecting.
+
+    With parameters the query goes through :func:`sqlalchemy.text`, whose
+    placeholders must all get a value; an unused ``--param`` is most likely a
+    misspelt one. Without parameters the text reaches the driver as it is, so
+    placeholders there only earn a warning (a colon in a string literal looks
+    like one too).
+
+    Raises:
+        UsageError: a placeholder without a value, or a value without a placeholder.
+    """
+    placeholders = set(sa.text(sql).compile().params)
+    if not parameters:
+        if placeholders:
+            log.warning(
+                "the SQL seems to use %s but no --param was given",
+                ", ".join(f":{name}" for name in sorted(placeholders)),
+            )
+        return
+    missing = sorted(placeholders - set(parameters))
+    unused = sorted(set(parameters) - placeholders)
+    if missing:
+        raise UsageError(
+            "the SQL uses " + ", ".join(f":{name}" for name in missing)
+            + " without a value: add --param " + " ".join(f"{name}=VALUE" for name in missing)
+        )
+    if unused:
+        raise UsageError(
+            "--param " + ", ".join(unused) + " matches no :name placeholder in the SQL"
+            + (f" (it has {', '.join(f':{n}' for n in sorted(placeholders))})" if placeholders else "")
+        )
+
+
+class RowCountingChunks:
+    """Passes the query's chunks through, counting rows for the progress line.
+
+    A failure while reading (the database went away mid-result) ends the
+    iteration normally and is kept in :attr:`error` for the caller to report.
+    Why: when its chunk iterator raises, ``ConversionSync.run`` skips draining
+    the batches still in flight, so events pagent accepted stay "claimed" in
+    the ledger and the next run resends them as duplicates. Ending the
+    iteration lets the sync settle those batches first.
+    """
+
+    def __init__(self, chunks: Iterator[pd.DataFrame]) -> None:
+        self._chunks = chunks
+        self.rows = 0
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        try:
+            for chunk in self._chunks:
+                self.rows += len(chunk)
+                yield chunk
+        except Exception as error:  # noqa: BLE001 - reported by execute_sync, after the sync settled
+            self.error = error
+
+    def close(self) -> None:
+        """Stop the query early, returning its connection to the pool."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+# --------------------------------------------------------------------------- the core's settings
+
+
+def build_transform_config(args: argparse.Namespace) -> TransformConfig:
+    """How rows become events; the core validates field names, unit and zone.
+
+    Raises:
+        UsageError: an event field is mapped twice.
+        PagentConfigError: from :class:`TransformConfig`.
+    """
+    columns: dict[str, str] = {}
+    for event_field, column in args.columns:
+        if event_field in columns:
+            raise UsageError(f"--columns maps {event_field} twice")
+        columns[event_field] = column
+    return TransformConfig(
+        columns=columns,
+        properties_columns=args.properties_columns,
+        key_column=args.key_column,
+        revenue_unit=args.revenue_unit,
+        timezone=args.timezone,
+        label=args.label,
+        conversion_id=args.conversion_id,
+        require_time=args.require_time,
+    )
+
+
+def build_sync_options(args: argparse.Namespace) -> SyncOptions:
+    """Batching, concurrency and the invalid-rows limit; the core validates the ranges."""
+    return SyncOptions(
+        batch_size=args.batch_size,
+        max_workers=args.max_workers,
+        max_invalid_rows=args.max_invalid_rows,
+        dry_run=args.dry_run,
+    )
+
+
+def build_ledger(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> Ledger | None:
+    """The delivery ledger in ``--ledger-url`` (default: the source database), or None with ``--no-ledger``.
+
+    It gets its own engine, as the operator's does: the ledger writes while the
+    query's connection is still streaming rows.
+    """
+    if not args.use_ledger:
+        log.warning("--no-ledger: nothing remembers what was sent; a re-run sends every row again")
+        return None
+    if args.ledger_url:
+        engine = create_engine(args.ledger_url, option="--ledger-url", must_exist=False)
+    else:
+        engine = create_engine(args.source_url, option="--source-url", must_exist=True)
+    cleanup.callback(engine.dispose)
+    return Ledger(
+        engine,
+        namespace=args.ledger_namespace,
+        owner=ClaimOwner(),
+        table_name=args.ledger_table,
+        claim_timeout_s=args.claim_timeout,
+        unknown_outcome=args.unknown_outcome,
+    )
+
+
+def create_engine(url: str, *, option: str, must_exist: bool) -> sa.Engine:
+    """A SQLAlchemy engine for ``url`` (not yet connected).
+
+    Messages never quote the URL, which may hold a password.
+
+    Raises:
+        UsageError: not a URL, an unknown dialect, a driver that is not
+            installed, or (``must_exist``) a SQLite file that is not there:
+            SQLite would silently create an empty database instead.
+    """
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise UsageError(f"{option} is not a SQLAlchemy URL (dialect+driver://user:password@host/database)") from None
+    if must_exist and parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:") and not Path(database).exists():
+            raise UsageError(f"{option}: no SQLite database at {database}")
+    try:
+        return sa.create_engine(parsed)
+    except sa.exc.NoSuchModuleError as error:
+        raise UsageError(f"{option}: unknown database dialect ({error})") from None
+    except ImportError as error:
+        raise UsageError(f"{option}: the database driver is not installed ({error})") from None
+
+
+class DryRunSender:
+    """Stands in for the pagent client in a dry run, where the engine never sends (and no key is needed)."""
+
+    def send_encoded_v1(self, body: bytes) -> dict[str, Any]:
+        """Never called in a dry run; refuses loudly if it ever is."""
+        raise RuntimeError("a dry run must not send anything")
