@@ -15,7 +15,7 @@ import pandas as pd
 import requests
 import sqlalchemy as sa
 
-from benchmarks.engine_runs import Timing
+from benchmarks.common import Cap, Timing
 
 V1_PATH = "/v1/conversions"
 BATCH = 100
@@ -26,7 +26,13 @@ def _headers(api_key: str) -> dict[str, str]:
 
 
 def minimal_pipeline(
-    source: sa.Engine, sql: str, base_url: str, *, api_key: str = "test-key", chunksize: int = 10_000
+    source: sa.Engine,
+    sql: str,
+    base_url: str,
+    *,
+    api_key: str = "test-key",
+    chunksize: int = 10_000,
+    cap_s: float | None = None,
 ) -> Timing:
     """The least a user can write: read chunks, JSON-encode batches of 100, POST them one after another.
 
@@ -40,10 +46,12 @@ def minimal_pipeline(
     """
     url = base_url + V1_PATH
     headers = _headers(api_key)
-    events = requests_sent = 0
+    events = requests_sent = rows = 0
+    cap = Cap(cap_s)
     started = time.perf_counter()
     with requests.Session() as session:
-        for chunk in pd.read_sql(sql, source, chunksize=chunksize):
+        for chunk in cap.until(pd.read_sql(sql, source, chunksize=chunksize)):
+            rows += len(chunk)
             records = chunk.astype(object).where(chunk.notna(), None).to_dict("records")
             for start in range(0, len(records), BATCH):
                 batch = records[start : start + BATCH]
@@ -51,7 +59,8 @@ def minimal_pipeline(
                 session.post(url, data=body, headers=headers).raise_for_status()
                 events += len(batch)
                 requests_sent += 1
-    return Timing(events=events, seconds=time.perf_counter() - started, requests=requests_sent)
+    seconds = time.perf_counter() - started
+    return Timing(events=events, seconds=seconds, requests=requests_sent, rows=rows, capped=cap.hit)
 
 
 def vendor_events(source: sa.Engine, sql: str) -> list[dict[str, Any]]:
@@ -81,4 +90,5 @@ def vendor_pattern(events: list[dict[str, Any]], base_url: str, *, api_key: str 
     for event in events:
         response = requests.post(url, headers=headers, json={"events": [event]})
         response.raise_for_status()
-    return Timing(events=len(events), seconds=time.perf_counter() - started, requests=len(events))
+    seconds = time.perf_counter() - started
+    return Timing(events=len(events), seconds=seconds, requests=len(events), rows=len(events))

@@ -10,12 +10,11 @@ engine always validates) and the transform of the sample table.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 
+from benchmarks.common import Cap, Timing
 from pagent_provider.core.client import PagentClient
 from pagent_provider.core.ledger import Ledger
 from pagent_provider.core.reading import read_sql_chunks
@@ -28,42 +27,27 @@ NAMESPACE = "bench"
 TRANSFORM = TransformConfig(columns={"time": "converted_at", "revenue": "amount_usd"}, key_column="order_id")
 
 
-@dataclass
-class Timing:
-    """How long something took to deliver how many events."""
-
-    events: int
-    seconds: float
-    requests: int = 0
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def events_per_s(self) -> float:
-        return self.events / self.seconds if self.seconds > 0 else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "events": self.events,
-            "seconds": round(self.seconds, 4),
-            "events_per_s": round(self.events_per_s, 1),
-            "requests": self.requests,
-            **self.details,
-        }
-
-
 def sqlite_ledger(path: Path) -> Ledger:
     """A ledger in its own SQLite file (created when the sync starts)."""
     return Ledger(sa.create_engine(f"sqlite:///{path}"), namespace=NAMESPACE)
 
 
 def _sync(
-    source: sa.Engine, sql: str, base_url: str, *, workers: int, ledger: Ledger | None, chunksize: int = CHUNKSIZE
+    source: sa.Engine,
+    sql: str,
+    base_url: str,
+    *,
+    workers: int,
+    ledger: Ledger | None,
+    cap_s: float | None = None,
+    chunksize: int = CHUNKSIZE,
 ) -> Timing:
     client = PagentClient(API_KEY, base_url=base_url, pool_size=workers)
     sync = ConversionSync(client, TRANSFORM, SyncOptions(max_workers=workers), ledger=ledger)
+    cap = Cap(cap_s)
     try:
         started = time.perf_counter()
-        summary = sync.run(read_sql_chunks(source, sql, chunksize=chunksize))
+        summary = sync.run(cap.until(read_sql_chunks(source, sql, chunksize=chunksize)))
         seconds = time.perf_counter() - started
     finally:
         client.close()
@@ -71,25 +55,35 @@ def _sync(
         events=summary.sent + summary.already_sent,
         seconds=seconds,
         requests=summary.requests,
-        details={"rows": summary.rows, "sent": summary.sent, "already_sent": summary.already_sent},
+        rows=summary.rows,
+        capped=cap.hit,
+        details={"sent": summary.sent, "already_sent": summary.already_sent, "workers": workers},
     )
 
 
-def sync_ledger_on(source: sa.Engine, sql: str, base_url: str, ledger: Ledger, *, workers: int = 4) -> Timing:
+def sync_ledger_on(
+    source: sa.Engine, sql: str, base_url: str, ledger: Ledger, *, workers: int = 4, cap_s: float | None = None
+) -> Timing:
     """A first sync with the delivery ledger: every row is claimed, sent and marked."""
-    return _sync(source, sql, base_url, workers=workers, ledger=ledger)
+    return _sync(source, sql, base_url, workers=workers, ledger=ledger, cap_s=cap_s)
 
 
-def sync_ledger_off(source: sa.Engine, sql: str, base_url: str, *, workers: int = 4) -> Timing:
+def sync_ledger_off(
+    source: sa.Engine, sql: str, base_url: str, *, workers: int = 4, cap_s: float | None = None
+) -> Timing:
     """The same sync without the ledger (no deduplication across runs)."""
-    return _sync(source, sql, base_url, workers=workers, ledger=None)
+    return _sync(source, sql, base_url, workers=workers, ledger=None, cap_s=cap_s)
 
 
-def sync_rerun(source: sa.Engine, sql: str, base_url: str, ledger: Ledger, *, workers: int = 4) -> Timing:
+def sync_rerun(
+    source: sa.Engine, sql: str, base_url: str, ledger: Ledger, *, workers: int = 4, cap_s: float | None = None
+) -> Timing:
     """The same sync again on the same ledger: every row is already sent, nothing goes out."""
-    return _sync(source, sql, base_url, workers=workers, ledger=ledger)
+    return _sync(source, sql, base_url, workers=workers, ledger=ledger, cap_s=cap_s)
 
 
-def sync_concurrent(source: sa.Engine, sql: str, base_url: str, *, workers: int) -> Timing:
+def sync_concurrent(
+    source: sa.Engine, sql: str, base_url: str, *, workers: int, cap_s: float | None = None
+) -> Timing:
     """A sync without the ledger at ``workers`` concurrent requests (for the latency sweep)."""
-    return _sync(source, sql, base_url, workers=workers, ledger=None)
+    return _sync(source, sql, base_url, workers=workers, ledger=None, cap_s=cap_s)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from pagent_provider.testing import Faults
 from pagent_provider.testing.dag_runs import load_dag, run_dag
 from pagent_provider.testing.sample_warehouse import generate_conversions, load_conversions
 
@@ -141,3 +142,47 @@ def test_mapped_backfill_partitions_overlapping_the_daily_dag(dag, tmp_path, pag
     assert run.state == "success"
     received = [e["session_id"] for e in pagent_emulator.events()]
     assert sorted(received) == sorted(frame.session_id)  # every order once: the day already sent was skipped
+
+
+@pytest.fixture
+def small_warehouse(tmp_path, monkeypatch) -> pd.DataFrame:
+    warehouse = tmp_path / "warehouse.db"
+    engine = sa.create_engine(f"sqlite:///{warehouse}")
+    frame = generate_conversions(250, start=DAY_1, end=DAY_1 + timedelta(days=1), seed=8)
+    load_conversions(engine, frame)
+    engine.dispose()
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
+    return frame
+
+
+def dag_with_retries(retries: int):
+    dag = load_dag(ROOT / "dags", DAG_ID, retries=retries)
+    for task in dag.tasks:
+        task.retry_delay = timedelta(seconds=0.2)
+        task.retry_exponential_backoff = False
+    return dag
+
+
+def test_wrong_key_fails_the_task_without_burning_retries(small_warehouse, pagent_emulator, monkeypatch):
+    conn = json.loads(pagent_emulator.airflow_connection_json())
+    monkeypatch.setenv("AIRFLOW_CONN_PAGENT_DEFAULT", json.dumps({**conn, "password": "revoked-key"}))
+
+    run = run_dag(dag_with_retries(3), DAY_1 + timedelta(days=1), task_id="sync_purchases")
+
+    assert run.state == "failed"
+    assert [r.status for r in pagent_emulator.requests()] == [401]  # one try, one request
+    assert pagent_emulator.events() == []
+
+
+def test_lost_answer_is_resent_by_airflows_retry(small_warehouse, pagent_emulator, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_PAGENT_DEFAULT", pagent_emulator.airflow_connection_json())
+    pagent_emulator.faults = Faults(drop_every=3)  # the 3rd request is stored, then its answer is lost
+
+    run = run_dag(dag_with_retries(2), DAY_1 + timedelta(days=1), task_id="sync_purchases")
+
+    assert run.state == "success"  # try 1 failed with an unknown outcome, try 2 resent it
+    received = [e["session_id"] for e in pagent_emulator.events()]
+    assert set(received) == set(small_warehouse.session_id)
+    duplicated = len(received) - len(set(received))
+    assert 0 < duplicated <= 100  # at least once: only the batch whose answer was lost
+    assert run.result["unknown"] == run.result["unknown_resent"] == duplicated

@@ -27,11 +27,12 @@ def test_provider_info_matches_the_distribution_and_airflow_schema():
 
 def test_providers_manager_lists_provider_and_pagent_connection_type():
     from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
     manager = ProvidersManager()
     assert "airflow-provider-pagent" in manager.providers
     assert manager.providers["airflow-provider-pagent"].version == version("airflow-provider-pagent")
-    hook = manager.hooks["pagent"]
+    hook = ProvidersManagerTaskRuntime().hooks["pagent"]
     assert hook.hook_class_name == "pagent_provider.hooks.pagent.PagentHook"
     assert hook.connection_testable
     behaviour = manager.field_behaviours["pagent"]

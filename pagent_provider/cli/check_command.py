@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pagent_provider.cli.connection import build_retry_policy, read_api_key, resolve_base_url
+from pagent_provider.cli.connection import build_retry_policy, read_api_key, resolve_base_url, with_key_hint
 from pagent_provider.cli.errors import EXIT_AUTH, EXIT_FAILED, EXIT_OK
 from pagent_provider.core.client import PagentClient, encode_json
 from pagent_provider.exceptions import PagentAuthError, PagentError, PagentValidationError
@@ -15,7 +15,8 @@ def run_check(args: argparse.Namespace) -> int:
     """Test the key once (no retries) and print the verdict: 0 valid, 3 refused, 1 unreachable."""
     api_key = read_api_key()
     base_url = resolve_base_url(args)
-    with PagentClient(api_key, base_url=base_url, policy=build_retry_policy(args, max_retries=0), pool_size=1) as client:
+    policy = build_retry_policy(args, max_retries=0)
+    with PagentClient(api_key, base_url=base_url, policy=policy, pool_size=1) as client:
         code, message = probe_api_key(client)
     print(message, file=sys.stdout if code == EXIT_OK else sys.stderr)
     return code
@@ -34,7 +35,7 @@ def probe_api_key(client: PagentClient) -> tuple[int, str]:
     except PagentValidationError:
         return EXIT_OK, f"Connected to {client.base_url}: the API key is valid"
     except PagentAuthError as error:
-        return EXIT_AUTH, str(error)
+        return EXIT_AUTH, with_key_hint(str(error))
     except PagentError as error:
         return EXIT_FAILED, f"Could not check the key at {client.base_url}: {error}"
     except Exception as error:  # noqa: BLE001 - a connection test reports, it never raises

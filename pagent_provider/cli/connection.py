@@ -30,6 +30,11 @@ def read_api_key() -> ApiKey:
     return ApiKey(value)
 
 
+def with_key_hint(message: str) -> str:
+    """An API-key refusal, completed with where the CLI takes the key from (the core's text names Airflow's)."""
+    return f"{message} (the command-line tool reads the key from {API_KEY_ENV})"
+
+
 def resolve_base_url(args: argparse.Namespace) -> str:
     """``--base-url``, else ``$PAGENT_BASE_URL``, else pagent's production URL; validated."""
     return normalize_base_url(args.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)

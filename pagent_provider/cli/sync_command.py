@@ -23,10 +23,10 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from pagent_provider.cli.connection import build_retry_policy, read_api_key, resolve_base_url
+from pagent_provider.cli.connection import build_retry_policy, read_api_key, resolve_base_url, with_key_hint
 from pagent_provider.cli.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError, exit_code_for
 from pagent_provider.cli.output import render_json, render_table, summary_document
-from pagent_provider.cli.parser import API_KEY_ENV, PROG
+from pagent_provider.cli.parser import PROG
 from pagent_provider.cli.terminal import ProgressLine, StatusLine, sync_progress_text
 from pagent_provider.core.client import PagentClient
 from pagent_provider.core.delivery import V1Sender
@@ -124,10 +124,10 @@ def progress_text(sync: ConversionSync, chunks: RowCountingChunks, elapsed_s: fl
 
 
 def describe_failure(error: BaseException) -> str:
-    """The error's message, pointing at the CLI's own way of setting the key where the core names Airflow's."""
+    """The error's message for stderr and the JSON ``error``."""
     message = str(error)
     if isinstance(error, PagentAuthError):
-        message += f" (the command-line tool reads the key from {API_KEY_ENV})"
+        message = with_key_hint(message)
     elif isinstance(error, sa.exc.SQLAlchemyError | pd.errors.DatabaseError):
         message = f"the database failed: {database_error_text(error)}"
     return message

@@ -120,6 +120,7 @@ class ConversionSync:
         self.summary = SyncSummary(dry_run=self.options.dry_run)
         self._new_unknown = 0
         self._stop_error: BaseException | None = None
+        self._answered = False
         self._inflight: dict[Future[BatchOutcome], str | None] = {}
         self._started = 0.0
         self._last_progress = 0.0
@@ -221,8 +222,14 @@ class ConversionSync:
         self.summary.batches += 1
         if self.options.dry_run:
             return
-        while len(self._inflight) >= self.options.max_workers:
+        # Until pagent has answered once, send one batch at a time: a wrong key or
+        # base URL then costs one request, not max_workers of them.
+        limit = self.options.max_workers if self._answered else 1
+        while len(self._inflight) >= limit:
             self._collect(block=True)
+            limit = self.options.max_workers if self._answered else 1
+        if self._stop_error is not None:
+            return
         claim_id, batch = self._claim(batch)
         if batch:
             self._inflight[pool.submit(deliver_batch, self.sender, batch, claim_id)] = claim_id
@@ -257,6 +264,7 @@ class ConversionSync:
     def _apply(self, outcome: BatchOutcome) -> None:
         s = self.summary
         s.requests += outcome.requests
+        self._answered = self._answered or bool(outcome.sent or outcome.refused)
         s.sent += len(outcome.sent)
         s.accepted += outcome.accepted
         ledger, claim_id = self.ledger, outcome.claim_id

@@ -14,9 +14,11 @@ from pagent_provider.core.sync import ConversionSync, SyncOptions
 from pagent_provider.core.transform import TransformConfig
 from pagent_provider.exceptions import PagentFatalError
 from pagent_provider.hooks.pagent import PagentHook, as_airflow_failure
+from pagent_provider.lineage import openlineage_facets_on_complete, openlineage_facets_on_start, report_output_asset
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 
@@ -185,6 +187,15 @@ class ConversionsOperator(BaseSQLOperator):
             claim_timeout_s=self.claim_timeout,
             unknown_outcome=self.unknown_outcome,
         )
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage | None:
+        return openlineage_facets_on_start(self)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:
+        return openlineage_facets_on_complete(self, task_instance)
+
+    def post_execute(self, context: Any, result: Any = None) -> None:
+        report_output_asset(self)  # Airflow's hook-level lineage: the pagent Asset
 
 
 def _owner_from_context(context: Context) -> ClaimOwner:
