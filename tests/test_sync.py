@@ -137,3 +137,24 @@ def test_progress_is_logged(client, emulator, caplog):
     ConversionSync(client, CONFIG, SyncOptions(progress_interval_s=0)).run(chunks)
     progress = [r.getMessage() for r in caplog.records if "rows read" in r.getMessage()]
     assert progress and "300 rows read" in progress[-1]
+
+
+def test_a_failing_source_still_records_the_batches_in_flight(client, emulator, tmp_path):
+    import sqlalchemy as sa
+
+    from pagent_provider.core.ledger import Ledger
+
+    emulator.faults = Faults(latency_s=0.05)
+
+    def chunks():
+        yield purchases(400)
+        raise RuntimeError("the warehouse connection dropped")
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger = Ledger(engine, namespace="test")
+    with pytest.raises(RuntimeError, match="dropped") as raised:
+        ConversionSync(client, CONFIG, SyncOptions(max_workers=4), ledger=ledger).run(chunks())
+    statuses = ledger.count_by_status()
+    engine.dispose()
+    assert raised.value.summary["sent"] == len(emulator.events()) == 400
+    assert statuses == {"sent": 400}  # nothing left claimed for a later run to resend

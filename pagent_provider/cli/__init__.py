@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from pagent_provider.cli.errors import EXIT_USAGE, UsageError
+from pagent_provider.cli.errors import EXIT_USAGE, UsageError, with_flag_names
 from pagent_provider.cli.parser import PROG, build_parser, emulator_argv
 from pagent_provider.cli.terminal import StatusLine, configure_logging
 from pagent_provider.exceptions import PagentConfigError
@@ -50,5 +50,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_sync(args, line)
     except (UsageError, PagentConfigError) as error:
-        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {with_flag_names(str(error))}", file=sys.stderr)
         return EXIT_USAGE

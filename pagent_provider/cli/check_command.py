@@ -7,8 +7,8 @@ import sys
 
 from pagent_provider.cli.connection import build_retry_policy, read_api_key, resolve_base_url, with_key_hint
 from pagent_provider.cli.errors import EXIT_AUTH, EXIT_FAILED, EXIT_OK
-from pagent_provider.core.client import PagentClient, encode_json
-from pagent_provider.exceptions import PagentAuthError, PagentError, PagentValidationError
+from pagent_provider.core.client import PagentClient
+from pagent_provider.exceptions import PagentAuthError, PagentError
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -23,17 +23,9 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def probe_api_key(client: PagentClient) -> tuple[int, str]:
-    """Send an empty batch: pagent answers 400 when the key is valid, 401 when it is not.
-
-    This is what :meth:`PagentClient.check_api_key` does, with the same messages;
-    it is repeated here because ``check_api_key`` folds "key refused" and
-    "server unreachable" into one ``False``, and the two need different exit
-    statuses.
-    """
+    """Verify the key once; the exit status tells a refused key (3) from an unreachable server (1)."""
     try:
-        client.send_encoded_v1(encode_json({"events": []}))
-    except PagentValidationError:
-        return EXIT_OK, f"Connected to {client.base_url}: the API key is valid"
+        client.verify_api_key()
     except PagentAuthError as error:
         return EXIT_AUTH, with_key_hint(str(error))
     except PagentError as error:

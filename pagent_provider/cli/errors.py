@@ -15,6 +15,17 @@ EXIT_AUTH = 3
 EXIT_INTERRUPTED = 130
 
 
+# The core's messages name the operator's parameters; these are the flags that set them.
+_FLAGS_OF_PARAMETERS = {
+    "columns=": "--columns FIELD=COLUMN",
+    "require_time": "--no-require-time",
+    "max_invalid_rows": "--max-invalid-rows",
+    "unknown_outcome": "--unknown-outcome",
+    "batch_size": "--batch-size",
+    "max_workers": "--max-workers",
+}
+
+
 class UsageError(Exception):
     """A mistake in the command line or the environment that the user must fix; exits 2."""
 
@@ -26,3 +37,11 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, PagentAuthError):
         return EXIT_AUTH
     return EXIT_FAILED
+
+
+def with_flag_names(message: str) -> str:
+    """``message``, followed by the command-line flags of the operator parameters it names."""
+    flags = [flag for parameter, flag in _FLAGS_OF_PARAMETERS.items() if parameter in message]
+    if not flags:
+        return message
+    return f"{message}\n(on the command line: {', '.join(flags)})"

@@ -24,7 +24,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pagent_provider.cli.connection import build_retry_policy, read_api_key, resolve_base_url, with_key_hint
-from pagent_provider.cli.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError, exit_code_for
+from pagent_provider.cli.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError, exit_code_for, with_flag_names
 from pagent_provider.cli.output import render_json, render_table, summary_document
 from pagent_provider.cli.parser import PROG
 from pagent_provider.cli.terminal import ProgressLine, StatusLine, sync_progress_text
@@ -85,7 +85,9 @@ def run_sync(args: argparse.Namespace, line: StatusLine) -> int:
             return EXIT_INTERRUPTED
 
     message = describe_failure(error) if error is not None else None
-    print_summary(summary_document(getattr(error, "summary", None) or sync.summary.as_dict(), message), args.json)
+    # The sync's own counts: run() attaches the same to its errors (error.summary),
+    # but a database error carries none.
+    print_summary(summary_document(sync.summary.as_dict(), message), args.json)
     if error is None:
         return EXIT_OK
     print(f"{PROG} sync: failed: {message}", file=sys.stderr)
@@ -111,10 +113,10 @@ def execute_sync(sync: ConversionSync, chunks: RowCountingChunks, line: StatusLi
             sync.run(chunks)
     except PagentConfigError:
         raise
-    except (PagentError, sa.exc.SQLAlchemyError) as error:
-        # a failed read outranks what it caused downstream
-        return chunks.error or error
-    return chunks.error
+    except (PagentError, sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as error:
+        # the sync settled the batches in flight before letting the error out
+        return error
+    return None
 
 
 def progress_text(sync: ConversionSync, chunks: RowCountingChunks, elapsed_s: float) -> str:
@@ -130,7 +132,7 @@ def describe_failure(error: BaseException) -> str:
         message = with_key_hint(message)
     elif isinstance(error, sa.exc.SQLAlchemyError | pd.errors.DatabaseError):
         message = f"the database failed: {database_error_text(error)}"
-    return message
+    return with_flag_names(message)
 
 
 def database_error_text(error: BaseException) -> str:
@@ -200,23 +202,13 @@ def build_parameters(pairs: list[tuple[str, str]]) -> dict[str, str]:
 def check_placeholders(sql: str, parameters: Mapping[str, str]) -> None:
     """Compare the query's ``:name`` placeholders with the ``--param`` names before connecting.
 
-    With parameters the query goes through :func:`sqlalchemy.text`, whose
-    placeholders must all get a value; an unused ``--param`` is most likely a
-    misspelt one. Without parameters the text reaches the driver as it is, so
-    placeholders there only earn a warning (a colon in a string literal looks
-    like one too).
+    The query always goes through :func:`sqlalchemy.text`, whose placeholders
+    must all get a value; an unused ``--param`` is most likely a misspelt one.
 
     Raises:
         UsageError: a placeholder without a value, or a value without a placeholder.
     """
     placeholders = set(sa.text(sql).compile().params)
-    if not parameters:
-        if placeholders:
-            log.warning(
-                "the SQL seems to use %s but no --param was given",
-                ", ".join(f":{name}" for name in sorted(placeholders)),
-            )
-        return
     missing = sorted(placeholders - set(parameters))
     unused = sorted(set(parameters) - placeholders)
     if missing:
@@ -232,28 +224,16 @@ def check_placeholders(sql: str, parameters: Mapping[str, str]) -> None:
 
 
 class RowCountingChunks:
-    """Passes the query's chunks through, counting rows for the progress line.
-
-    A failure while reading (the database went away mid-result) ends the
-    iteration normally and is kept in :attr:`error` for the caller to report.
-    Why: when its chunk iterator raises, ``ConversionSync.run`` skips draining
-    the batches still in flight, so events pagent accepted stay "claimed" in
-    the ledger and the next run resends them as duplicates. Ending the
-    iteration lets the sync settle those batches first.
-    """
+    """Passes the query's chunks through, counting rows for the progress line."""
 
     def __init__(self, chunks: Iterator[pd.DataFrame]) -> None:
         self._chunks = chunks
         self.rows = 0
-        self.error: Exception | None = None
 
     def __iter__(self) -> Iterator[pd.DataFrame]:
-        try:
-            for chunk in self._chunks:
-                self.rows += len(chunk)
-                yield chunk
-        except Exception as error:  # noqa: BLE001 - reported by execute_sync, after the sync settled
-            self.error = error
+        for chunk in self._chunks:
+            self.rows += len(chunk)
+            yield chunk
 
     def close(self) -> None:
         """Stop the query early, returning its connection to the pool."""

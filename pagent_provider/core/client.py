@@ -158,17 +158,26 @@ class PagentClient:
         body = encode_json({"events": validate_v2_events(events)})
         return self.transport.post(self.base_url + V2_BULK_PATH, body)
 
-    def check_api_key(self) -> tuple[bool, str]:
-        """Check the key and the base URL without recording a conversion. Never raises.
+    def verify_api_key(self) -> None:
+        """Check the key and the base URL without recording a conversion; one attempt, no retries.
 
         Sends an empty v1 batch: pagent answers 400 (the batch is empty) when the key
         is accepted, and 401 when it is not.
+
+        Raises:
+            PagentAuthError: the key was refused.
+            PagentError: pagent could not be reached or answered unexpectedly.
         """
         single_try = Transport(self._session, self._headers, dataclasses.replace(self.policy, max_retries=0))
         try:
             single_try.post(self.base_url + V1_PATH, encode_json({"events": []}))
         except PagentValidationError:
-            return True, f"Connected to {self.base_url}: the API key is valid"
+            return  # the empty batch was refused, which means the key was accepted
+
+    def check_api_key(self) -> tuple[bool, str]:
+        """:meth:`verify_api_key` as ``(ok, message)``, as Airflow's connection test wants it. Never raises."""
+        try:
+            self.verify_api_key()
         except PagentAuthError as error:
             return False, str(error)
         except PagentError as error:

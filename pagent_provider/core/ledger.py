@@ -230,6 +230,14 @@ class Ledger:
 
     def create_tables(self) -> None:
         """Create the ledger and rejects tables when missing (safe when several workers race)."""
+        if self.engine.dialect.name == "sqlite":
+            # Switch the file to WAL now, before the sync reads its first chunk. The
+            # connect hook cannot do it for a connection opened later while another
+            # one (opened before this Ledger existed, e.g. the reader on a shared
+            # engine) holds a read transaction: it would wait out the busy timeout
+            # and fail with "database is locked". Once the file is WAL, it stays WAL.
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode = WAL")
         attempts = 3
         for attempt in range(1, attempts + 1):
             try:

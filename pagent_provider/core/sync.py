@@ -144,8 +144,16 @@ class ConversionSync:
             self.ledger.create_tables()
         try:
             with ThreadPoolExecutor(self.options.max_workers, thread_name_prefix="pagent-send") as pool:
-                self._sync_chunks(chunks, pool)
-                self._drain()
+                try:
+                    self._sync_chunks(chunks, pool)
+                finally:
+                    # Whatever stopped the reading (a failing query, a ledger error,
+                    # Ctrl-C), record the answers of the batches already on the wire:
+                    # otherwise accepted events stay claimed and a later run resends them.
+                    self._drain()
+        except BaseException as error:
+            error.summary = self.summary.as_dict()  # type: ignore[attr-defined]
+            raise
         finally:
             self.summary.duration_s = round(time.monotonic() - self._started, 3)
         self.log.info("pagent sync finished: %s", self.summary.describe())
@@ -355,7 +363,9 @@ class ConversionSync:
         elif s.invalid + s.rejected > self.options.max_invalid_rows:
             error = PagentDeliveryError(
                 f"{s.invalid} invalid and {s.rejected} refused rows exceed max_invalid_rows="
-                f"{self.options.max_invalid_rows}; the valid rows were delivered. First reasons:\n  "
+                f"{self.options.max_invalid_rows}; "
+                + ("dry run: nothing was sent" if self.options.dry_run else "the valid rows were delivered")
+                + ". First reasons:\n  "
                 + "\n  ".join(s.reject_examples)
             )
         elif self._new_unknown and (self.ledger is None or self.ledger.unknown_outcome == "resend"):
