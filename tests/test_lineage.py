@@ -153,12 +153,14 @@ def hook_lineage_collector(monkeypatch):
     get_hook_lineage_collector.cache_clear()
 
 
-def test_post_execute_reports_the_output_asset_to_hook_lineage(sqlite_warehouse, pagent_conn, hook_lineage_collector):
+def test_the_output_asset_is_reported_to_hook_lineage(sqlite_warehouse, pagent_conn, hook_lineage_collector):
     from airflow.sdk import Asset
 
     from pagent_provider.hooks.pagent import PagentHook
 
-    _operator().post_execute(context={}, result={"sent": 3})
+    from pagent_provider.lineage import report_output_asset
+
+    report_output_asset(_operator())  # what execute() calls once the sync succeeded
 
     [output] = hook_lineage_collector.collected_assets.outputs
     assert output.asset == Asset(uri="pagent://127.0.0.1:8080/conversions")
@@ -168,6 +170,8 @@ def test_post_execute_reports_the_output_asset_to_hook_lineage(sqlite_warehouse,
 
 
 def test_dry_run_reports_no_asset_to_hook_lineage(sqlite_warehouse, pagent_conn, hook_lineage_collector):
-    _operator(dry_run=True).post_execute(context={})
+    from pagent_provider.lineage import report_output_asset
+
+    report_output_asset(_operator(dry_run=True))
 
     assert not hook_lineage_collector.has_collected

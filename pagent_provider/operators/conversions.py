@@ -167,6 +167,7 @@ class ConversionsOperator(BaseSQLOperator):
             source.dispose()
             if ledger_engine is not None:
                 ledger_engine.dispose()
+        report_output_asset(self)  # Airflow's hook-level lineage: the pagent Asset
         return summary.as_dict()
 
     def _ledger_engine(self) -> sa.Engine | None:
@@ -193,9 +194,6 @@ class ConversionsOperator(BaseSQLOperator):
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:
         return openlineage_facets_on_complete(self, task_instance)
-
-    def post_execute(self, context: Any, result: Any = None) -> None:
-        report_output_asset(self)  # Airflow's hook-level lineage: the pagent Asset
 
 
 def _owner_from_context(context: Context) -> ClaimOwner:
