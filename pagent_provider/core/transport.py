@@ -280,8 +280,11 @@ class Transport:
 
     def _wait_before_retry(self, retry_state: tenacity.RetryCallState) -> float:
         failure = retry_state.outcome.exception() if retry_state.outcome else None
+        # jitter in proportion to the first step (tenacity's default is a fixed second)
         backoff = tenacity.wait_exponential_jitter(
-            initial=self.policy.backoff_initial_s, max=self.policy.backoff_max_s
+            initial=self.policy.backoff_initial_s,
+            max=self.policy.backoff_max_s,
+            jitter=self.policy.backoff_initial_s,
         )(retry_state)
         if isinstance(failure, _RetryLater) and isinstance(failure.final, PagentRateLimitError):
             delay = failure.retry_after_s if failure.retry_after_s is not None else backoff

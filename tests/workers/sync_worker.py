@@ -76,7 +76,13 @@ def build_sync(
         base_url=emulator_url,
         policy=RetryPolicy(max_retries=max_retries, backoff_initial_s=0.05, backoff_max_s=2, read_timeout_s=5),
     )
-    ledger = Ledger(ledger_engine, namespace=NAMESPACE, owner=owner, unknown_outcome=policy, claim_timeout_s=600)  # type: ignore[arg-type]
+    ledger = Ledger(
+        ledger_engine,
+        namespace=NAMESPACE,
+        owner=owner,
+        unknown_outcome=policy,  # type: ignore[arg-type]
+        claim_timeout_s=600,
+    )
     options = SyncOptions(batch_size=batch_size, max_workers=max_workers, max_invalid_rows=max_invalid_rows)
     return ConversionSync(client, TRANSFORM, options, ledger=ledger), client, ledger
 
