@@ -48,7 +48,8 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
 
 
 def make_ledger(engine: sa.Engine, owner: ClaimOwner | None = None, **kwargs: object) -> Ledger:
-    ledger = Ledger(engine, namespace=kwargs.pop("namespace", NAMESPACE), owner=owner or ClaimOwner(), **kwargs)  # type: ignore[arg-type]
+    namespace = str(kwargs.pop("namespace", NAMESPACE))
+    ledger = Ledger(engine, namespace=namespace, owner=owner or ClaimOwner(), **kwargs)  # type: ignore[arg-type]
     ledger.create_tables()
     return ledger
 
@@ -378,7 +379,9 @@ def test_rejects_are_recorded_in_the_sibling_table(engine):
     ledger.record_rejects(
         [
             RejectRecord(row="41", field="revenue", reason="revenue 9.999 is not whole cents", source="invalid"),
-            RejectRecord(row="42", field="event", reason="events[0]: unknown session", source="refused", event_key="42"),
+            RejectRecord(
+                row="42", field="event", reason="events[0]: unknown session", source="refused", event_key="42"
+            ),
             RejectRecord(row="43", field="time", reason="x" * 5000, source="invalid"),
         ]
     )
