@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test benchmark clean
+.PHONY: demo test benchmark check-wheel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +26,8 @@ demo: $(VENV)/.installed-demo
 test: $(VENV)/.installed-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+check-wheel:
+	scripts/check-wheel.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info test-artifacts

@@ -1,16 +1,65 @@
 #!/usr/bin/env bash
-# Airflow's MySQL provider (used by the MariaDB tests) depends on mysqlclient,
-# which compiles against the MariaDB client headers. Install them when missing.
+# System packages the test suite needs, installed when missing (idempotent, quiet).
+#
+# * MariaDB client headers: Airflow's MySQL provider (used by the MariaDB tests)
+#   depends on mysqlclient, which compiles against them. Required: without them
+#   `pip install -e '.[test]'` fails, so this script fails when it cannot install them.
+# * Chromium (Debian's `chromium`, /usr/bin/chromium): drives the connection-form
+#   test in Airflow's web UI (tests/test_connection_form_browser.py). Optional
+#   here: when it cannot be installed, that test skips (and fails in CI, where
+#   PAGENT_REQUIRE_SERVICES=1), so this script only says what to install.
+#
+# Installs only as root with apt-get; elsewhere it prints what to install.
 set -euo pipefail
-if command -v mariadb_config >/dev/null 2>&1 || command -v mysql_config >/dev/null 2>&1; then
-    exit 0
+
+CHROMIUM="${PAGENT_CHROMIUM:-/usr/bin/chromium}"
+
+can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
+
+os_id() { (. /etc/os-release 2>/dev/null && echo "${ID:-}") || true; }
+
+apt_updated=0
+apt_install() {  # quiet; apt's output is shown only when it fails
+    local log rc=0
+    log="$(mktemp)"
+    if [ "$apt_updated" = 0 ]; then
+        apt-get update -qq >"$log" 2>&1 || rc=$?
+        apt_updated=1
+    fi
+    if [ "$rc" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >"$log" 2>&1 || rc=$?
+    fi
+    [ "$rc" = 0 ] || cat "$log" >&2
+    rm -f "$log"
+    return "$rc"
+}
+
+status=0
+
+# --- MariaDB client headers (required)
+if ! command -v mariadb_config >/dev/null 2>&1 && ! command -v mysql_config >/dev/null 2>&1; then
+    if can_apt; then
+        echo "installing the MariaDB client headers (libmariadb-dev) for mysqlclient" >&2
+        apt_install libmariadb-dev pkg-config
+    else
+        echo "mysqlclient needs the MariaDB/MySQL client headers: install libmariadb-dev (Debian/Ubuntu)" \
+             "or mysql-client (Homebrew), then run make test again" >&2
+        status=1
+    fi
 fi
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing the MariaDB client headers (libmariadb-dev) for mysqlclient" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libmariadb-dev pkg-config >/dev/null
-    exit 0
+
+# --- Chromium for the browser test (optional)
+if [ ! -x "$CHROMIUM" ]; then
+    # Only Debian's package is a real browser; Ubuntu's `chromium` is a snap shim.
+    if can_apt && [ "$(os_id)" = debian ] && [ "$CHROMIUM" = /usr/bin/chromium ]; then
+        echo "installing Debian's chromium for the connection-form browser test" >&2
+        if ! apt_install chromium; then
+            echo "could not install chromium: the browser test will skip (fail in CI)" >&2
+        fi
+    else
+        echo "note: no Chromium at $CHROMIUM, so the connection-form browser test will skip." \
+             "Install it (Debian: apt-get install chromium) or point PAGENT_CHROMIUM at a Chromium binary." >&2
+    fi
 fi
-echo "mysqlclient needs the MariaDB/MySQL client headers: install libmariadb-dev (Debian/Ubuntu)" \
-     "or mysql-client (Homebrew), then run make test again" >&2
-exit 1
+
+exit "$status"

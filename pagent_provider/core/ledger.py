@@ -445,34 +445,30 @@ class Ledger:
 
     # --- after sending ----------------------------------------------------
 
-    def _update_claim(self, claim_id: str, keys: Iterable[str] | None, **values: object) -> None:
+    def _execute_on_claim(self, claim_id: str, keys: Iterable[str] | None, statement: sa.Update | sa.Delete) -> None:
+        """Run ``statement`` on the rows of one claim: the given ``keys`` of it, or all of it."""
         t = self.table
-        where = [t.c.namespace == self.namespace, t.c.claim_id == claim_id]
+        statement = statement.where(t.c.namespace == self.namespace, t.c.claim_id == claim_id)
         with self.engine.begin() as conn:
             if keys is None:
-                conn.execute(t.update().where(*where).values(**values))
+                conn.execute(statement)
                 return
             for keys_slice in _slices(list(keys)):
-                conn.execute(t.update().where(*where, t.c.event_key.in_(keys_slice)).values(**values))
+                conn.execute(statement.where(t.c.event_key.in_(keys_slice)))
 
     def mark_sent(self, claim_id: str, keys: Iterable[str] | None = None) -> None:
         """pagent acknowledged these keys (all of the claim when ``keys`` is None)."""
-        self._update_claim(claim_id, keys, status=SENT, sent_at=now_ms(), detail=None)
+        update = self.table.update().values(status=SENT, sent_at=now_ms(), detail=None)
+        self._execute_on_claim(claim_id, keys, update)
 
     def mark_unknown(self, claim_id: str, keys: Iterable[str] | None, detail: str) -> None:
         """The answer for these keys was lost: they may or may not have been recorded."""
-        self._update_claim(claim_id, keys, status=UNKNOWN, detail=detail[:1000])
+        self._execute_on_claim(claim_id, keys, self.table.update().values(status=UNKNOWN, detail=detail[:1000]))
 
     def release(self, claim_id: str, keys: Iterable[str] | None = None) -> None:
         """A definite failure: drop the claim so that a later run sends these keys again."""
         t = self.table
-        where = [t.c.namespace == self.namespace, t.c.claim_id == claim_id, t.c.status == CLAIMED]
-        with self.engine.begin() as conn:
-            if keys is None:
-                conn.execute(t.delete().where(*where))
-                return
-            for keys_slice in _slices(list(keys)):
-                conn.execute(t.delete().where(*where, t.c.event_key.in_(keys_slice)))
+        self._execute_on_claim(claim_id, keys, t.delete().where(t.c.status == CLAIMED))
 
     def heartbeat(self, claim_ids: Iterable[str]) -> None:
         """Tell other workers that the owner of these claims is still alive."""
