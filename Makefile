@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test benchmark check-wheel clean
+.PHONY: demo test lint benchmark check-wheel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,11 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 demo: $(VENV)/.installed-demo
 	$(PY) scripts/demo.py
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check pagent_provider tests dags scripts benchmarks
 
 check-wheel:
 	scripts/check-wheel.sh

@@ -26,9 +26,7 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [{"integration-name": "pagent", "python-modules": ["pagent_provider.hooks.pagent"]}],
-        "operators": [
-            {"integration-name": "pagent", "python-modules": ["pagent_provider.operators.conversions"]}
-        ],
+        "operators": [{"integration-name": "pagent", "python-modules": ["pagent_provider.operators.conversions"]}],
         "connection-types": [
             {
                 "connection-type": "pagent",

@@ -67,14 +67,14 @@ def openlineage_facets_on_start(operator: ConversionsOperator) -> OperatorLineag
 
     try:
         lineage = _sql_lineage(operator)
-    except Exception:  # noqa: BLE001 - lineage must never fail the task
+    except Exception:
         log.warning("OpenLineage: could not find the tables %s reads", operator.task_id, exc_info=True)
         lineage = OperatorLineage()
     if operator.dry_run:
         return lineage
     try:
         output = Dataset(namespace=pagent_namespace(operator.pagent_conn_id), name=CONVERSIONS_DATASET)
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.warning("OpenLineage: could not name the pagent output of %s", operator.task_id, exc_info=True)
         return lineage
     return OperatorLineage(
@@ -92,7 +92,7 @@ def openlineage_facets_on_complete(operator: ConversionsOperator, task_instance:
         return None
     try:
         extra = operator.get_db_hook().get_openlineage_database_specific_lineage(task_instance)
-    except Exception:  # noqa: BLE001 - e.g. a hook without the method
+    except Exception:
         log.debug("OpenLineage: no database specific lineage for %s", operator.task_id, exc_info=True)
         extra = None
     return lineage.merge(extra) if extra is not None else lineage
@@ -108,7 +108,7 @@ def report_output_asset(operator: ConversionsOperator) -> None:
         collector = get_hook_lineage_collector()
         uri = pagent_asset_uri(operator.pagent_conn_id)
         collector.add_output_asset(context=PagentHook(operator.pagent_conn_id), uri=uri)
-    except Exception:  # noqa: BLE001 - lineage must never fail the task
+    except Exception:
         log.debug("Hook lineage: could not report the output of %s", operator.task_id, exc_info=True)
 
 

@@ -44,18 +44,14 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="pagent-demo-"))
     configure_airflow(work / "airflow")
 
-    import sqlalchemy as sa
-
     from pagent_provider.testing import IngestEmulator
-    from pagent_provider.testing.sample_warehouse import generate_conversions, load_conversions, sample_period
+    from pagent_provider.testing.sample_warehouse import generate_conversions, sample_period, write_conversions
 
     start, end = sample_period(DAYS)
     warehouse = work / "warehouse.db"
-    engine = sa.create_engine(f"sqlite:///{warehouse}")
     purchases = generate_conversions(ROWS, start=start, end=end)
     expected_cents = int(sum(purchases["amount_usd"]) * 100)
-    load_conversions(engine, purchases)
-    engine.dispose()
+    write_conversions(f"sqlite:///{warehouse}", purchases)
     print(f"warehouse: {ROWS} purchases from {start:%Y-%m-%d} to {end:%Y-%m-%d} in {warehouse}")
 
     with IngestEmulator(api_keys=("demo-key",)) as emulator:
@@ -64,6 +60,7 @@ def main() -> int:
         os.environ["AIRFLOW_CONN_PAGENT_DEFAULT"] = emulator.airflow_connection_json()
 
         import pendulum
+
         from pagent_provider.testing.dag_runs import load_dag
 
         dag = load_dag(ROOT / "dags", "pagent_daily_conversions")
@@ -78,7 +75,7 @@ def main() -> int:
         for name, summary in results:
             print(f"{name:<18}" + "".join(f"{summary[c]:>14}" for c in columns))
         received = len(emulator.events())
-        unique = len({(e['session_id'], e['time'], e.get('revenue')) for e in emulator.events()})
+        unique = len({(e["session_id"], e["time"], e.get("revenue")) for e in emulator.events()})
         revenue = sum(e.get("revenue", 0) for e in emulator.events())
     print()
     print(f"emulator received {received} events ({unique} distinct), revenue {revenue} cents")

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from pagent_provider.core.sync import SyncSummary
 from pagent_provider.testing import Faults, IngestEmulator
-from pagent_provider.testing.sample_warehouse import generate_conversions, load_conversions
+from pagent_provider.testing.sample_warehouse import generate_conversions, write_conversions
 
 KEY = "test-key"  # the emulator fixture's key
 ROWS = 200
@@ -38,9 +38,13 @@ CLI = [sys.executable, "-m", "pagent_provider.cli"]
 # The columns of the sample table, mapped onto event fields; order_id rides along in
 # the properties so that each delivered event can be traced back to its row.
 MAPPING = [
-    "--columns", "time=converted_at", "revenue=amount_usd",
-    "--key-column", "order_id",
-    "--properties-columns", "order_id,channel",
+    "--columns",
+    "time=converted_at",
+    "revenue=amount_usd",
+    "--key-column",
+    "order_id",
+    "--properties-columns",
+    "order_id,channel",
 ]
 QUERY = "SELECT * FROM conversions ORDER BY order_id"
 
@@ -68,11 +72,7 @@ def sample_frame() -> pd.DataFrame:
 def build_warehouse(path: Path, frame: pd.DataFrame) -> str:
     """Write ``frame`` to a SQLite file; return its SQLAlchemy URL."""
     url = f"sqlite:///{path}"
-    engine = sa.create_engine(url)
-    try:
-        load_conversions(engine, frame)
-    finally:
-        engine.dispose()
+    write_conversions(url, frame)
     return url
 
 
@@ -155,7 +155,9 @@ def test_sync_delivers_every_row_exactly_once_with_exact_revenue(
     pagent_emulator: IngestEmulator, warehouse: str, sample_frame: pd.DataFrame, tmp_path: Path, no_airflow_path: Path
 ) -> None:
     result = run_cli(
-        sync_args(pagent_emulator, warehouse, "--batch-size", "30", "--verbose"), cwd=tmp_path, no_airflow=no_airflow_path
+        sync_args(pagent_emulator, warehouse, "--batch-size", "30", "--verbose"),
+        cwd=tmp_path,
+        no_airflow=no_airflow_path,
     )
 
     assert result.returncode == 0, result.stderr
@@ -359,9 +361,7 @@ def test_help(command: list[str], expected: list[str], tmp_path: Path, no_airflo
 
 def test_bad_flag_and_key_flag_are_usage_errors(tmp_path: Path, no_airflow_path: Path) -> None:
     bad = run_cli(["sync", "--source-url", "sqlite:///x.db"], cwd=tmp_path, no_airflow=no_airflow_path)
-    key_flag = run_cli(
-        ["check", "--api-key", "sk-should-not-echo"], cwd=tmp_path, no_airflow=no_airflow_path, key=None
-    )
+    key_flag = run_cli(["check", "--api-key", "sk-should-not-echo"], cwd=tmp_path, no_airflow=no_airflow_path, key=None)
 
     assert bad.returncode == 2 and "--sql" in bad.stderr
     assert key_flag.returncode == 2 and "PAGENT_API_KEY" in key_flag.stderr
@@ -371,7 +371,11 @@ def test_bad_flag_and_key_flag_are_usage_errors(tmp_path: Path, no_airflow_path:
 def test_emulator_command_serves_until_terminated(tmp_path: Path, no_airflow_path: Path) -> None:
     emulator = subprocess.Popen(
         [*CLI, "emulator", "--port", "0"],
-        cwd=tmp_path, env=cli_env(no_airflow_path, None), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env=cli_env(no_airflow_path, None),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert emulator.stdout is not None
@@ -405,7 +409,11 @@ def test_progress_line_on_a_terminal(
     try:
         process = subprocess.Popen(
             [*CLI, *sync_args(pagent_emulator, warehouse, "--batch-size", "10", "--max-workers", "1")],
-            cwd=tmp_path, env=cli_env(no_airflow_path, KEY), stdout=subprocess.PIPE, stderr=terminal, text=True,
+            cwd=tmp_path,
+            env=cli_env(no_airflow_path, KEY),
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
         )
     finally:
         os.close(terminal)  # the child holds its own copy; the controller sees EOF when the child exits

@@ -142,7 +142,9 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
         env=env, cwd=home, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     if migrate.returncode != 0:
-        pytest.fail(f"airflow db migrate failed ({migrate.returncode}):\n{migrate.stdout[-3000:]}{migrate.stderr[-3000:]}")
+        pytest.fail(
+            f"airflow db migrate failed ({migrate.returncode}):\n{migrate.stdout[-3000:]}{migrate.stderr[-3000:]}"
+        )
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -197,7 +199,9 @@ def browser() -> Iterator[Any]:
     except ImportError:
         _skip_or_fail("the Python package playwright is not installed (pip install -e '.[test]')")
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        _skip_or_fail(f"Chromium is not installed at {CHROMIUM} (Debian: apt-get install chromium; or set PAGENT_CHROMIUM)")
+        _skip_or_fail(
+            f"Chromium is not installed at {CHROMIUM} (Debian: apt-get install chromium; or set PAGENT_CHROMIUM)"
+        )
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:

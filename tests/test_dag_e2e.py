@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from pagent_provider.testing import Faults
 from pagent_provider.testing.dag_runs import load_dag, run_dag
-from pagent_provider.testing.sample_warehouse import generate_conversions, load_conversions
+from pagent_provider.testing.sample_warehouse import generate_conversions, write_conversions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,11 +49,7 @@ def warehouse_url(request, tmp_path) -> str:
 @pytest.fixture
 def purchases(warehouse_url) -> pd.DataFrame:
     frame = generate_conversions(ROWS, start=DAY_1, end=DAY_1 + timedelta(days=DAYS + 1), seed=11)
-    engine = sa.create_engine(warehouse_url)
-    try:
-        load_conversions(engine, frame)
-    finally:
-        engine.dispose()
+    write_conversions(warehouse_url, frame)
     return frame
 
 
@@ -67,7 +63,7 @@ def expected_events(frame: pd.DataFrame, day: datetime) -> dict[str, dict]:
     rows = frame[(frame.converted_at >= day) & (frame.converted_at < day + timedelta(days=1))]
     expected = {}
     for row in rows.itertuples():
-        when = row.converted_at.to_pydatetime().replace(tzinfo=timezone.utc)
+        when = row.converted_at.to_pydatetime().replace(tzinfo=UTC)
         expected[row.session_id] = {
             "session_id": row.session_id,
             "user_id": row.user_id,
@@ -104,16 +100,16 @@ def test_daily_dag_delivers_each_day_exactly_once(dag, purchases, warehouse_url,
     assert again.state == "success"
     assert again.result["sent"] == 0
     assert again.result["already_sent"] == len(expected_events(purchases, DAY_1))
-    assert len(pagent_emulator.events()) == sum(len(expected_events(purchases, DAY_1 + timedelta(days=n))) for n in range(DAYS))
+    assert len(pagent_emulator.events()) == sum(
+        len(expected_events(purchases, DAY_1 + timedelta(days=n))) for n in range(DAYS)
+    )
 
 
 def test_failing_sync_fails_the_dag_run(dag, tmp_path, pagent_emulator, monkeypatch):
     warehouse = tmp_path / "broken.db"
-    engine = sa.create_engine(f"sqlite:///{warehouse}")
     frame = generate_conversions(50, start=DAY_1, end=DAY_1 + timedelta(days=1), seed=3)
     frame.loc[7, "conversion_id"] = None  # the goal label matched no goal
-    load_conversions(engine, frame)
-    engine.dispose()
+    write_conversions(f"sqlite:///{warehouse}", frame)
     monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
     monkeypatch.setenv("AIRFLOW_CONN_PAGENT_DEFAULT", pagent_emulator.airflow_connection_json())
 
@@ -126,10 +122,8 @@ def test_failing_sync_fails_the_dag_run(dag, tmp_path, pagent_emulator, monkeypa
 
 def test_mapped_backfill_partitions_overlapping_the_daily_dag(dag, tmp_path, pagent_emulator, monkeypatch):
     warehouse = tmp_path / "warehouse.db"
-    engine = sa.create_engine(f"sqlite:///{warehouse}")
     frame = generate_conversions(600, start=DAY_1, end=DAY_1 + timedelta(days=4), seed=5)
-    load_conversions(engine, frame)
-    engine.dispose()
+    write_conversions(f"sqlite:///{warehouse}", frame)
     monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
     monkeypatch.setenv("AIRFLOW_CONN_PAGENT_DEFAULT", pagent_emulator.airflow_connection_json())
 
@@ -137,7 +131,11 @@ def test_mapped_backfill_partitions_overlapping_the_daily_dag(dag, tmp_path, pag
     assert daily.state == "success" and daily.result["sent"] > 0
 
     backfill = load_dag(ROOT / "dags", "pagent_backfill_partitions")
-    conf = {"start": DAY_1.date().isoformat(), "end": (DAY_1 + timedelta(days=4)).date().isoformat(), "days_per_partition": 1}
+    conf = {
+        "start": DAY_1.date().isoformat(),
+        "end": (DAY_1 + timedelta(days=4)).date().isoformat(),
+        "days_per_partition": 1,
+    }
     run = run_dag(backfill, DAY_1 + timedelta(days=10), task_id="sync_partition", run_conf=conf)
     assert run.state == "success"
     received = [e["session_id"] for e in pagent_emulator.events()]
@@ -147,10 +145,8 @@ def test_mapped_backfill_partitions_overlapping_the_daily_dag(dag, tmp_path, pag
 @pytest.fixture
 def small_warehouse(tmp_path, monkeypatch) -> pd.DataFrame:
     warehouse = tmp_path / "warehouse.db"
-    engine = sa.create_engine(f"sqlite:///{warehouse}")
     frame = generate_conversions(250, start=DAY_1, end=DAY_1 + timedelta(days=1), seed=8)
-    load_conversions(engine, frame)
-    engine.dispose()
+    write_conversions(f"sqlite:///{warehouse}", frame)
     monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
     return frame
 

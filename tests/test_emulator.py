@@ -48,15 +48,11 @@ def session() -> Iterator[requests.Session]:
 
 
 def post(em: IngestEmulator, path: str, body: object, *, headers: dict | None = None, timeout: float = 5):
-    return requests.post(
-        em.url + path, json=body, headers=AUTH if headers is None else headers, timeout=timeout
-    )
+    return requests.post(em.url + path, json=body, headers=AUTH if headers is None else headers, timeout=timeout)
 
 
 def post_raw(em: IngestEmulator, path: str, data: bytes) -> requests.Response:
-    return requests.post(
-        em.url + path, data=data, headers={**AUTH, "Content-Type": "application/json"}, timeout=5
-    )
+    return requests.post(em.url + path, data=data, headers={**AUTH, "Content-Type": "application/json"}, timeout=5)
 
 
 # ----------------------------------------------------------------------------- happy paths
@@ -150,9 +146,7 @@ def test_query_string_is_ignored(emulator: IngestEmulator) -> None:
 
 
 def test_batch_boundary_100_accepted_101_refused(emulator: IngestEmulator) -> None:
-    assert post(emulator, "/v1/conversions", {"events": [v1_event(i) for i in range(100)]}).json() == {
-        "accepted": 100
-    }
+    assert post(emulator, "/v1/conversions", {"events": [v1_event(i) for i in range(100)]}).json() == {"accepted": 100}
     r = post(emulator, "/v2/conversions/bulk", {"events": [v2_event(i) for i in range(101)]})
     assert r.status_code == 400
     assert r.json() == {"error": "events must contain 1 to 100 items"}
@@ -254,8 +248,11 @@ INVALID_BODIES = [
     (V1, {"events": [v1_event(user_id="")]}, "events[0].user_id must be a non-empty string"),
     (V1, {"events": [v1_event(conversion_id=None)]}, "events[0].conversion_id is required"),
     (V1, {"events": [v1_event(conversion_id=123)]}, "events[0].conversion_id must be a non-empty string, not 123"),
-    (V1, {"events": [v1_event(), v1_event(), v1_event(), v1_event(revenue=9.99)]},
-     "events[3].revenue must be an integer, not 9.99"),
+    (
+        V1,
+        {"events": [v1_event(), v1_event(), v1_event(), v1_event(revenue=9.99)]},
+        "events[3].revenue must be an integer, not 9.99",
+    ),
     (V1, {"events": [v1_event(revenue=2499.0)]}, "events[0].revenue must be an integer, not 2499.0"),
     (V1, {"events": [v1_event(revenue=True)]}, "events[0].revenue must be an integer, not true"),
     (V1, {"events": [v1_event(revenue="2499")]}, 'events[0].revenue must be an integer, not "2499"'),
@@ -269,15 +266,21 @@ INVALID_BODIES = [
     (V2, {"session_data": "abc"}, "session_data must be an object"),
     (V2, v1_event(), "session_data must be an object"),  # v1 shape on v2
     (V2, {"session_data": {"session_id": "s", "user_id": "u"}}, "session_data.conversion_id is required"),
-    (V2, {"session_data": {"session_id": "", "user_id": "u", "conversion_id": "c"}},
-     "session_data.session_id must be a non-empty string"),
+    (
+        V2,
+        {"session_data": {"session_id": "", "user_id": "u", "conversion_id": "c"}},
+        "session_data.session_id must be a non-empty string",
+    ),
     (V2, v2_event(revenue=9.99), "revenue must be an integer, not 9.99"),
     (V2, {"session_data": {**v2_event()["session_data"], "visit_id": 5}}, "session_data.visit_id must be a string"),
     (V2, {"events": [v2_event()]}, "session_data must be an object"),  # bulk body on single endpoint
     (BULK, {"events": [v2_event(), v2_event(revenue=1.5)]}, "events[1].revenue must be an integer, not 1.5"),
     (BULK, {"events": [v2_event(), {"session_data": None}]}, "events[1].session_data must be an object"),
-    (BULK, {"events": [v2_event(session_data={"session_id": "s", "user_id": "u", "conversion_id": 7})]},
-     "events[0].session_data.conversion_id must be a non-empty string, not 7"),
+    (
+        BULK,
+        {"events": [v2_event(session_data={"session_id": "s", "user_id": "u", "conversion_id": 7})]},
+        "events[0].session_data.conversion_id must be a non-empty string, not 7",
+    ),
 ]
 
 
@@ -301,8 +304,11 @@ def test_400_invalid_json(emulator: IngestEmulator, data: bytes) -> None:
 
 
 def test_non_finite_time_refused(emulator: IngestEmulator) -> None:
-    r = post_raw(emulator, "/v1/conversions", b'{"events": [{"session_id": "s", "user_id": "u", '
-                 b'"conversion_id": "c", "time": 1e400}]}')
+    r = post_raw(
+        emulator,
+        "/v1/conversions",
+        b'{"events": [{"session_id": "s", "user_id": "u", "conversion_id": "c", "time": 1e400}]}',
+    )
     assert r.status_code == 400
     assert "events[0].time must be a finite number" in r.json()["error"]
 
@@ -388,8 +394,7 @@ def test_concurrent_requests(emulator: IngestEmulator) -> None:
         try:
             with requests.Session() as s:
                 for i in range(10):
-                    r = s.post(emulator.url + V1, json={"events": [v1_event(w * 100 + i)] * 2},
-                               headers=AUTH, timeout=5)
+                    r = s.post(emulator.url + V1, json={"events": [v1_event(w * 100 + i)] * 2}, headers=AUTH, timeout=5)
                     assert r.status_code == 200
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
@@ -622,8 +627,12 @@ def test_package_imports_nothing_else_from_pagent_provider() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     assert out.stdout.strip() == str(
-        ["pagent_provider", "pagent_provider.testing", "pagent_provider.testing.__main__",
-         "pagent_provider.testing.emulator"]
+        [
+            "pagent_provider",
+            "pagent_provider.testing",
+            "pagent_provider.testing.__main__",
+            "pagent_provider.testing.emulator",
+        ]
     )
 
 
@@ -632,15 +641,34 @@ def test_package_imports_nothing_else_from_pagent_provider() -> None:
 
 def test_arg_parser() -> None:
     args = build_arg_parser().parse_args(
-        ["--port", "0", "--key", "a", "--key", "b", "--latency-ms", "50", "--fail-every", "3",
-         "--rate-limit-every", "4", "--retry-after", "", "--drop-every", "5", "--hang-every", "6",
-         "--fast-sink"]
+        [
+            "--port",
+            "0",
+            "--key",
+            "a",
+            "--key",
+            "b",
+            "--latency-ms",
+            "50",
+            "--fail-every",
+            "3",
+            "--rate-limit-every",
+            "4",
+            "--retry-after",
+            "",
+            "--drop-every",
+            "5",
+            "--hang-every",
+            "6",
+            "--fast-sink",
+        ]
     )
     em = emulator_from_args(args)
     assert em.api_keys == ("a", "b")
     assert em.fast_sink
-    assert em.faults == Faults(latency_s=0.05, fail_every=3, rate_limit_every=4, retry_after=None,
-                               drop_every=5, hang_every=6)
+    assert em.faults == Faults(
+        latency_s=0.05, fail_every=3, rate_limit_every=4, retry_after=None, drop_every=5, hang_every=6
+    )
     default = emulator_from_args(build_arg_parser().parse_args([]))
     assert default.api_keys == ("test-key",) and default.port == 8080 and default.faults == Faults()
 
@@ -660,8 +688,9 @@ def test_command_line_serves_until_sigterm() -> None:
         match = re.fullmatch(r"pagent emulator listening on (http://127\.0\.0\.1:(\d+))\n", line)
         assert match, line + proc.stderr.read() if proc.poll() is not None else line
         url = match.group(1)
-        r = requests.post(url + V1, json={"events": [v1_event(), v1_event(1)]},
-                          headers={"Authorization": "Bearer cli-key"}, timeout=5)
+        r = requests.post(
+            url + V1, json={"events": [v1_event(), v1_event(1)]}, headers={"Authorization": "Bearer cli-key"}, timeout=5
+        )
         assert r.json() == {"accepted": 2}
         assert requests.post(url + V1, json={"events": []}, headers=AUTH, timeout=5).status_code == 401
         proc.send_signal(signal.SIGTERM)

@@ -175,7 +175,7 @@ def test_claim_is_atomic_between_two_runs(engine):
         assert a.owner.run_token != b.owner.run_token
         a_keys, b_keys = keys(400), keys(400, first=100)[::-1]  # 300 keys wanted by both
 
-        results = run_together(lambda: a.claim(entries(a_keys)), lambda: b.claim(entries(b_keys)))
+        results = run_together(lambda: a.claim(entries(a_keys)), lambda: b.claim(entries(b_keys)))  # noqa: B023 - called at once
         assert_partition(results, [a_keys, b_keys])  # type: ignore[arg-type]
         owners = {key: row.owner_run for key, row in rows_of(a, keys(500)).items()}
         assert len(owners) == 500

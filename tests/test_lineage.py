@@ -57,7 +57,10 @@ def test_sqlite_input_and_pagent_output(sqlite_warehouse, pagent_conn):
     ("conn", "namespace"),
     [
         ({"conn_type": "pagent", "password": API_KEY}, "pagent://ingest.pagent.ai"),
-        ({"conn_type": "pagent", "host": "https://Ingest.Pagent.AI:443/", "password": API_KEY}, "pagent://ingest.pagent.ai"),
+        (
+            {"conn_type": "pagent", "host": "https://Ingest.Pagent.AI:443/", "password": API_KEY},
+            "pagent://ingest.pagent.ai",
+        ),
         ({"conn_type": "pagent", "host": "proxy.example.com", "port": 8443}, "pagent://proxy.example.com:8443"),
         ({"conn_type": "pagent", "host": "https://user:pw@eu.example.com/api"}, "pagent://eu.example.com"),
     ],
@@ -157,7 +160,6 @@ def test_the_output_asset_is_reported_to_hook_lineage(sqlite_warehouse, pagent_c
     from airflow.sdk import Asset
 
     from pagent_provider.hooks.pagent import PagentHook
-
     from pagent_provider.lineage import report_output_asset
 
     report_output_asset(_operator())  # what execute() calls once the sync succeeded

@@ -60,5 +60,8 @@ def test_hook_uses_airflow_sdk_base_classes():
     assert issubclass(PagentHook, BaseHook)
     assert issubclass(ConversionsOperator, BaseOperator)
     assert (PagentHook.conn_type, PagentHook.default_conn_name, PagentHook.conn_name_attr, PagentHook.hook_name) == (
-        "pagent", "pagent_default", "pagent_conn_id", "Pagent",
+        "pagent",
+        "pagent_default",
+        "pagent_conn_id",
+        "Pagent",
     )

@@ -15,7 +15,10 @@ BIG, SMALL, CHUNK = 300_000, 30_000, 2_000
 def peak_growth_mib(url: str, limit: int, mode: str) -> float:
     done = subprocess.run(
         [sys.executable, str(WORKER), url, "conversions", str(limit), str(CHUNK), mode],
-        capture_output=True, text=True, check=True, timeout=300,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     )
     rows, growth_kib = map(int, done.stdout.split())
     assert rows == limit

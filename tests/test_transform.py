@@ -30,7 +30,7 @@ from pagent_provider.core.transform import (
 )
 from pagent_provider.exceptions import PagentConfigError
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 #: A fixed "now" (2027-01-15T08:00:00Z) so that the future check is deterministic.
 NOW_MS = 1_800_000_000_000
 MIN_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
@@ -89,7 +89,7 @@ class TestTransformConfig:
         assert config.column_for("time") == "time"
 
     def test_unknown_event_field_is_a_config_error(self) -> None:
-        with pytest.raises(PagentConfigError, match="unknown event field.*'amount'"):
+        with pytest.raises(PagentConfigError, match=r"unknown event field.*'amount'"):
             TransformConfig(columns={"amount": "revenue"})
 
     def test_config_does_not_change_with_the_callers_dict(self) -> None:
@@ -334,7 +334,7 @@ class TestRevenueProperties:
             st.one_of(
                 st.floats(min_value=-1e15, max_value=1e15, allow_nan=False, allow_infinity=False),
                 # Short decimals are where half-cent ties live: 1.005, 2.675, ...
-                st.decimals(min_value=-10**9, max_value=10**9, places=3).map(lambda d: float(str(d))),
+                st.decimals(min_value=-(10**9), max_value=10**9, places=3).map(lambda d: float(str(d))),
             ),
             min_size=1,
             max_size=40,

@@ -29,9 +29,7 @@ def render_table(document: Mapping[str, Any]) -> str:
 
     The error message is left out: it goes to stderr, where errors belong.
     """
-    rows = [
-        (name, _cell(value)) for name, value in document.items() if name not in ("reject_examples", "error")
-    ]
+    rows = [(name, _cell(value)) for name, value in document.items() if name not in ("reject_examples", "error")]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
     examples = document.get("reject_examples") or []

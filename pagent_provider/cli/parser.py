@@ -174,105 +174,163 @@ def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ign
     )
     source = sync.add_argument_group("source")
     source.add_argument(
-        "--source-url", required=True, metavar="URL",
+        "--source-url",
+        required=True,
+        metavar="URL",
         help="SQLAlchemy URL of the warehouse, e.g. postgresql+psycopg://user@host/db or sqlite:///shop.db",
     )
     source.add_argument(
-        "--sql", required=True, metavar="QUERY_OR_FILE",
+        "--sql",
+        required=True,
+        metavar="QUERY_OR_FILE",
         help="the query, or the path of a file holding it (e.g. orders.sql); '-' reads it from stdin",
     )
     source.add_argument(
-        "--param", dest="params", type=key_value, action="extend", nargs="+", default=[], metavar="NAME=VALUE",
+        "--param",
+        dest="params",
+        type=key_value,
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
         help="values for :NAME placeholders in the query; repeatable",
     )
     source.add_argument(
-        "--chunksize", type=positive_int, default=10_000, metavar="N",
+        "--chunksize",
+        type=positive_int,
+        default=10_000,
+        metavar="N",
         help="rows read per chunk (default %(default)s)",
     )
 
     mapping = sync.add_argument_group("event mapping")
     mapping.add_argument(
-        "--columns", dest="columns", type=key_value, action="extend", nargs="+", default=[],
+        "--columns",
+        dest="columns",
+        type=key_value,
+        action="extend",
+        nargs="+",
+        default=[],
         metavar="FIELD=COLUMN",
         help="read event fields (session_id, user_id, conversion_id, label, revenue, properties, time) "
         "from differently named columns, e.g. time=converted_at revenue=amount_usd; repeatable",
     )
     mapping.add_argument(
-        "--properties-columns", type=comma_list, action="extend", default=None, metavar="A,B",
+        "--properties-columns",
+        type=comma_list,
+        action="extend",
+        default=None,
+        metavar="A,B",
         help="columns gathered into the event's properties object",
     )
     mapping.add_argument(
-        "--key-column", metavar="COLUMN",
+        "--key-column",
+        metavar="COLUMN",
         help="a stable unique row key, such as an order id. Strongly advised: without it the key is "
         "a hash of the event, so a corrected row is sent again as a new conversion",
     )
     mapping.add_argument(
-        "--revenue-unit", choices=("dollars", "cents"), default="dollars",
+        "--revenue-unit",
+        choices=("dollars", "cents"),
+        default="dollars",
         help="what the revenue column holds; dollars are converted to cents (default %(default)s)",
     )
     mapping.add_argument(
-        "--timezone", default="UTC", metavar="TZ",
+        "--timezone",
+        default="UTC",
+        metavar="TZ",
         help="IANA zone in which naive timestamps are read (default %(default)s)",
     )
     mapping.add_argument("--label", metavar="L", help="a constant label for every event (replaces the column)")
     mapping.add_argument(
-        "--conversion-id", metavar="G", help="a constant goal UUID for every event (replaces the column)",
+        "--conversion-id",
+        metavar="G",
+        help="a constant goal UUID for every event (replaces the column)",
     )
     mapping.add_argument(
-        "--no-require-time", dest="require_time", action="store_false",
+        "--no-require-time",
+        dest="require_time",
+        action="store_false",
         help="accept rows without a conversion time (pagent then stamps them with the upload time)",
     )
 
     delivery = sync.add_argument_group("delivery")
     delivery.add_argument(
-        "--max-invalid-rows", type=int, default=0, metavar="N",
+        "--max-invalid-rows",
+        type=int,
+        default=0,
+        metavar="N",
         help="fail when more rows than this are invalid or refused by pagent (default %(default)s)",
     )
     delivery.add_argument(
-        "--batch-size", type=int, default=100, metavar="N", help="events per request, 1 to 100 (default %(default)s)",
+        "--batch-size",
+        type=int,
+        default=100,
+        metavar="N",
+        help="events per request, 1 to 100 (default %(default)s)",
     )
     delivery.add_argument(
-        "--max-workers", type=int, default=4, metavar="N", help="concurrent requests (default %(default)s)",
+        "--max-workers",
+        type=int,
+        default=4,
+        metavar="N",
+        help="concurrent requests (default %(default)s)",
     )
     delivery.add_argument(
-        "--dry-run", action="store_true",
+        "--dry-run",
+        action="store_true",
         help="read, transform and validate everything; send nothing and write nothing to the ledger "
         f"({API_KEY_ENV} is not needed)",
     )
 
     ledger = sync.add_argument_group("ledger")
     ledger.add_argument(
-        "--ledger-url", metavar="URL", help="SQLAlchemy URL of the ledger's database (default: --source-url)",
+        "--ledger-url",
+        metavar="URL",
+        help="SQLAlchemy URL of the ledger's database (default: --source-url)",
     )
     ledger.add_argument(
-        "--ledger-table", default="pagent_ledger", metavar="TABLE",
+        "--ledger-table",
+        default="pagent_ledger",
+        metavar="TABLE",
         help="the ledger table, schema.table allowed; rejected rows go to TABLE_rejects (default %(default)s)",
     )
     ledger.add_argument(
-        "--ledger-namespace", default=DEFAULT_LEDGER_NAMESPACE, metavar="NS",
+        "--ledger-namespace",
+        default=DEFAULT_LEDGER_NAMESPACE,
+        metavar="NS",
         help="scope of the ledger's keys; share it with the DAGs that upload to the same pagent account "
         "(default %(default)s, as the Airflow operator's)",
     )
     ledger.add_argument(
-        "--no-ledger", dest="use_ledger", action="store_false",
+        "--no-ledger",
+        dest="use_ledger",
+        action="store_false",
         help="send without a ledger: re-runs send everything again",
     )
     ledger.add_argument(
-        "--unknown-outcome", choices=("resend", "skip"), default="resend",
+        "--unknown-outcome",
+        choices=("resend", "skip"),
+        default="resend",
         help="what to do with events whose earlier answer was lost: resend them (at least once) "
         "or skip them (at most once) (default %(default)s)",
     )
     ledger.add_argument(
-        "--claim-timeout", type=float, default=600.0, metavar="S",
-        help="seconds without heartbeat after which another run's claim counts as abandoned "
-        "(default %(default)s)",
+        "--claim-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds without heartbeat after which another run's claim counts as abandoned (default %(default)s)",
     )
 
     add_pagent_options(sync, retries=True)
     output = sync.add_argument_group("output")
     output.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     output.add_argument(
-        "-v", "--verbose", action="store_true", help="log progress and the final summary line on stderr",
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log progress and the final summary line on stderr",
     )
 
 
@@ -280,16 +338,23 @@ def add_pagent_options(parser: argparse.ArgumentParser, *, retries: bool) -> Non
     """Where pagent is, how long to wait for it, and the trap for a key given as a flag."""
     pagent = parser.add_argument_group("pagent")
     pagent.add_argument(
-        "--base-url", metavar="URL",
+        "--base-url",
+        metavar="URL",
         help=f"the ingest API (default ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})",
     )
     pagent.add_argument(
-        "--timeout", type=float, default=30.0, metavar="S",
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
         help="seconds to wait for an answer (default %(default)s)",
     )
     if retries:
         pagent.add_argument(
-            "--max-retries", type=int, default=5, metavar="N",
+            "--max-retries",
+            type=int,
+            default=5,
+            metavar="N",
             help="retries of a request that failed with 429, 5xx or no connection (default %(default)s)",
         )
     # Caught here so that argparse's "unrecognized arguments" error does not echo the key into logs.

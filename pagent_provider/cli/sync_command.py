@@ -213,12 +213,16 @@ def check_placeholders(sql: str, parameters: Mapping[str, str]) -> None:
     unused = sorted(set(parameters) - placeholders)
     if missing:
         raise UsageError(
-            "the SQL uses " + ", ".join(f":{name}" for name in missing)
-            + " without a value: add --param " + " ".join(f"{name}=VALUE" for name in missing)
+            "the SQL uses "
+            + ", ".join(f":{name}" for name in missing)
+            + " without a value: add --param "
+            + " ".join(f"{name}=VALUE" for name in missing)
         )
     if unused:
         raise UsageError(
-            "--param " + ", ".join(unused) + " matches no :name placeholder in the SQL"
+            "--param "
+            + ", ".join(unused)
+            + " matches no :name placeholder in the SQL"
             + (f" (it has {', '.join(f':{n}' for n in sorted(placeholders))})" if placeholders else "")
         )
 

@@ -38,8 +38,7 @@ class ApiKey:
     def __init__(self, value: str) -> None:
         if not isinstance(value, str) or not value.strip():
             raise PagentConfigError(
-                "no pagent API key: set it as the connection's password "
-                "(or PAGENT_API_KEY for the command-line tool)"
+                "no pagent API key: set it as the connection's password (or PAGENT_API_KEY for the command-line tool)"
             )
         stripped = value.strip()
         if stripped != value:

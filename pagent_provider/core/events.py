@@ -41,21 +41,16 @@ def _check_optional(event: Mapping[str, Any], index: int | None) -> None:
         raise _fail(
             index,
             "revenue",
-            f"must be an integer number of cents, got {revenue!r} "
-            "(convert dollars to cents: 9.99 -> 999)",
+            f"must be an integer number of cents, got {revenue!r} (convert dollars to cents: 9.99 -> 999)",
         )
     properties = event.get("properties")
     if properties is not None:
         is_object = isinstance(properties, Mapping)
-        is_object_array = isinstance(properties, list) and all(
-            isinstance(item, Mapping) for item in properties
-        )
+        is_object_array = isinstance(properties, list) and all(isinstance(item, Mapping) for item in properties)
         if not (is_object or is_object_array):
             raise _fail(index, "properties", "must be an object or an array of objects")
     time = event.get("time")
-    if time is not None and (
-        isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time)
-    ):
+    if time is not None and (isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time)):
         raise _fail(index, "time", f"must be a finite Unix timestamp in milliseconds, got {time!r}")
 
 

@@ -268,8 +268,16 @@ class Ledger:
             for keys_slice in _slices(keys):
                 rows = conn.execute(
                     sa.select(
-                        t.c.event_key, t.c.status, t.c.content_hash, t.c.claim_id, t.c.owner_run,
-                        t.c.owner_host, t.c.owner_pid, t.c.owner_task, t.c.owner_try, t.c.heartbeat_at,
+                        t.c.event_key,
+                        t.c.status,
+                        t.c.content_hash,
+                        t.c.claim_id,
+                        t.c.owner_run,
+                        t.c.owner_host,
+                        t.c.owner_pid,
+                        t.c.owner_task,
+                        t.c.owner_try,
+                        t.c.heartbeat_at,
                     ).where(t.c.namespace == self.namespace, t.c.event_key.in_(keys_slice))
                 )
                 found.update((row.event_key, LedgerRow(*row)) for row in rows)
@@ -390,27 +398,16 @@ class Ledger:
             return True
         return self.owner.outlived(row.owner_host, row.owner_pid, row.owner_task, row.owner_try)
 
-    def _mark_abandoned_unknown(self, rows: Sequence[LedgerRow]) -> None:
-        t = self.table
-        statement = (
-            t.update()
-            .where(
-                t.c.namespace == self.namespace,
-                t.c.event_key == sa.bindparam("b_key"),
-                t.c.claim_id == sa.bindparam("b_old_claim"),
-                t.c.status == CLAIMED,
-            )
-            .values(status=UNKNOWN, detail="its owner stopped while it was claimed")
-        )
-        params = [{"b_key": row.event_key, "b_old_claim": row.claim_id} for row in rows]
-        with self.engine.begin() as conn:
-            conn.execute(statement, params)
+    def _swap_claims(
+        self, rows: Sequence[LedgerRow], extra_params: dict[str, dict[str, str]], **values: object
+    ) -> None:
+        """Update ``rows`` only where their claim is still the one we read (compare-and-swap).
 
-    def _take_over(self, rows: Sequence[LedgerRow], hashes: dict[str, str], claim_id: str, stamp: int) -> set[str]:
-        # Compare-and-swap on the old claim id: of two runs racing for the same
-        # abandoned key, only the first UPDATE matches.
+        Of two runs racing for the same abandoned key, only the first UPDATE
+        matches its old claim id. Rows go in key order, like the claiming insert,
+        so two runs never lock the same keys in opposite orders (no deadlock).
+        """
         t = self.table
-        owner = self.owner
         statement = (
             t.update()
             .where(
@@ -420,26 +417,35 @@ class Ledger:
                 # not status.in_(...): an expanding IN cannot be used with executemany
                 sa.or_(t.c.status == CLAIMED, t.c.status == UNKNOWN),
             )
-            .values(
-                status=CLAIMED,
-                claim_id=claim_id,
-                content_hash=sa.bindparam("b_hash"),
-                owner_run=owner.run_token,
-                owner_host=owner.host,
-                owner_pid=owner.pid,
-                owner_task=owner.task,
-                owner_try=owner.try_number,
-                claimed_at=stamp,
-                heartbeat_at=stamp,
-                detail="taken over: earlier outcome unknown",
-            )
+            .values(**values)
         )
         params = [
-            {"b_key": row.event_key, "b_old_claim": row.claim_id, "b_hash": hashes[row.event_key]}
-            for row in sorted(rows, key=lambda row: row.event_key)  # key order, like the insert: no deadlock
+            {"b_key": row.event_key, "b_old_claim": row.claim_id, **extra_params.get(row.event_key, {})}
+            for row in sorted(rows, key=lambda row: row.event_key)
         ]
         with self.engine.begin() as conn:
             conn.execute(statement, params)
+
+    def _mark_abandoned_unknown(self, rows: Sequence[LedgerRow]) -> None:
+        self._swap_claims(rows, {}, status=UNKNOWN, detail="its owner stopped while it was claimed")
+
+    def _take_over(self, rows: Sequence[LedgerRow], hashes: dict[str, str], claim_id: str, stamp: int) -> set[str]:
+        owner = self.owner
+        self._swap_claims(
+            rows,
+            {row.event_key: {"b_hash": hashes[row.event_key]} for row in rows},
+            status=CLAIMED,
+            claim_id=claim_id,
+            content_hash=sa.bindparam("b_hash"),
+            owner_run=owner.run_token,
+            owner_host=owner.host,
+            owner_pid=owner.pid,
+            owner_task=owner.task,
+            owner_try=owner.try_number,
+            claimed_at=stamp,
+            heartbeat_at=stamp,
+            detail="taken over: earlier outcome unknown",
+        )
         won = self.lookup([row.event_key for row in rows])
         return {key for key, row in won.items() if row.claim_id == claim_id}
 

@@ -37,6 +37,9 @@ def read_sql_chunks(
     with engine.connect() as connection:
         streaming = connection.execution_options(stream_results=True, max_row_buffer=chunksize)
         yield from pd.read_sql(
-            sa.text(sql), streaming, params=dict(parameters or {}),
-            chunksize=chunksize, coerce_float=False,
+            sa.text(sql),
+            streaming,
+            params=dict(parameters or {}),
+            chunksize=chunksize,
+            coerce_float=False,
         )

@@ -349,7 +349,12 @@ class ConversionSync:
         s = self.summary
         self.log.info(
             "pagent sync: %d rows read, %d sent, %d already sent, %d invalid, %.0f rows/s, %.0fs elapsed",
-            s.rows, s.sent, s.already_sent, s.invalid, s.rows / elapsed if elapsed else 0.0, elapsed,
+            s.rows,
+            s.sent,
+            s.already_sent,
+            s.invalid,
+            s.rows / elapsed if elapsed else 0.0,
+            elapsed,
         )
 
     def _raise_for_outcome(self) -> None:
@@ -377,4 +382,3 @@ class ConversionSync:
         if error is not None:
             error.summary = s.as_dict()  # type: ignore[attr-defined]
             raise error
-

@@ -99,7 +99,7 @@ _DIGITS_TEXT = r"[+-]?[0-9]{1,18}"
 _AWARE_TEXT = r"[Tt ].*(?:[zZ]|[+-][0-9]{2}(?::?[0-9]{2})?)$"
 
 _UTC_KEYS = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu"})
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 _CONVERSION_ID_NULL = (
     "conversion_id is NULL: the goal label matched no configured goal "
@@ -924,9 +924,7 @@ def _check_time_range(times: _Times, now_ms: int) -> None:
 def _too_early(times: _Times, i: int, latest: int) -> str:
     ms = int(times.ms[i])
     if not times.numeric[i]:
-        return (
-            f"time {_iso(ms)} is before 2000-01-01T00:00:00Z; select the column that holds the conversion time"
-        )
+        return f"time {_iso(ms)} is before 2000-01-01T00:00:00Z; select the column that holds the conversion time"
     message = f"time {ms} is before 2000-01-01T00:00:00Z when read as Unix milliseconds ({_iso(ms)})"
     if _MIN_TIME_MS <= ms * 1000 <= latest:
         return message + "; it looks like seconds, not milliseconds: select the value times 1000"
@@ -1123,8 +1121,7 @@ def _properties_from_scalar(value: Any) -> tuple[Any, str | None]:
             parsed = json.loads(value, parse_constant=_reject_json_constant)
         except (ValueError, UnicodeDecodeError) as err:
             return None, (
-                f"properties {_shown(value)} is not valid JSON ({err}); "
-                "it must be a JSON object or an array of objects"
+                f"properties {_shown(value)} is not valid JSON ({err}); it must be a JSON object or an array of objects"
             )
     else:
         return None, (

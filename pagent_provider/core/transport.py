@@ -191,7 +191,7 @@ def _raise_for_answer(response: requests.Response, url: str) -> dict[str, Any]:
             f"server error {status}",
             PagentServerError(
                 f"pagent answered {status} after every retry: {_error_text(response)}", status_code=status
-            )
+            ),
         )
     if status in (404, 405):
         raise PagentUnexpectedResponseError(
@@ -262,8 +262,7 @@ class Transport:
         except requests.ConnectionError as error:
             if _never_sent(error):
                 raise _RetryLater(
-                    "could not connect",
-                    PagentConnectionError(f"could not connect to {url} after every retry: {error}")
+                    "could not connect", PagentConnectionError(f"could not connect to {url} after every retry: {error}")
                 ) from error
             raise PagentUnknownOutcomeError(
                 f"POST {url}: the connection failed after the request was sent ({error}); "

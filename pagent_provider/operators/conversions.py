@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from airflow.providers.common.sql.operators.sql import BaseSQLOperator
 
@@ -69,7 +69,7 @@ class ConversionsOperator(BaseSQLOperator):
 
     template_fields: Sequence[str] = (*BaseSQLOperator.template_fields, "sql", "parameters", "ledger_namespace")
     template_ext: Sequence[str] = (".sql",)
-    template_fields_renderers = {"sql": "sql", "parameters": "json"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {"sql": "sql", "parameters": "json"}
     ui_color = "#ffd166"
 
     def __init__(

@@ -34,12 +34,8 @@ def build_arg_parser(
         prog=prog,
         description="Serve a local emulator of pagent's server-side conversions ingest API.",
     )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default %(default)s)"
-    )
-    parser.add_argument(
-        "--port", type=int, default=8080, help="port; 0 picks a free one (default %(default)s)"
-    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one (default %(default)s)")
     parser.add_argument(
         "--key",
         dest="keys",
@@ -47,15 +43,9 @@ def build_arg_parser(
         metavar="KEY",
         help='accepted API key; repeatable (default "test-key")',
     )
-    parser.add_argument(
-        "--latency-ms", type=float, default=0.0, metavar="N", help="delay before every answer"
-    )
-    parser.add_argument(
-        "--fail-every", type=int, default=0, metavar="K", help="answer every K-th POST with 500"
-    )
-    parser.add_argument(
-        "--rate-limit-every", type=int, default=0, metavar="K", help="answer every K-th POST with 429"
-    )
+    parser.add_argument("--latency-ms", type=float, default=0.0, metavar="N", help="delay before every answer")
+    parser.add_argument("--fail-every", type=int, default=0, metavar="K", help="answer every K-th POST with 500")
+    parser.add_argument("--rate-limit-every", type=int, default=0, metavar="K", help="answer every K-th POST with 429")
     parser.add_argument(
         "--retry-after",
         default="1",
@@ -69,9 +59,7 @@ def build_arg_parser(
         metavar="K",
         help="store every K-th POST's events, then close the connection without answering",
     )
-    parser.add_argument(
-        "--hang-every", type=int, default=0, metavar="K", help="never answer every K-th POST"
-    )
+    parser.add_argument("--hang-every", type=int, default=0, metavar="K", help="never answer every K-th POST")
     parser.add_argument(
         "--hang-s",
         type=float,

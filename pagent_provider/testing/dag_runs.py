@@ -7,7 +7,7 @@ before Airflow is first imported; connections come from ``AIRFLOW_CONN_*``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def run_dag(dag: Any, logical_date: datetime, *, task_id: str, **test_kwargs: An
     from airflow.utils.session import create_session
 
     if logical_date.tzinfo is None:
-        logical_date = logical_date.replace(tzinfo=timezone.utc)
+        logical_date = logical_date.replace(tzinfo=UTC)
 
     dagrun = dag.test(logical_date=logical_date, **test_kwargs)
     with create_session() as session:

@@ -204,14 +204,9 @@ def _check_optional_fields(event: dict, prefix: str) -> None:
         if isinstance(properties, list):
             for j, item in enumerate(properties):
                 if not isinstance(item, dict):
-                    raise _Invalid(
-                        f"{prefix}properties[{j}] must be an object, not {_show(item)}"
-                    )
+                    raise _Invalid(f"{prefix}properties[{j}] must be an object, not {_show(item)}")
         elif not isinstance(properties, dict):
-            raise _Invalid(
-                f"{prefix}properties must be an object or an array of objects, "
-                f"not {_show(properties)}"
-            )
+            raise _Invalid(f"{prefix}properties must be an object or an array of objects, not {_show(properties)}")
 
     when = event.get("time")
     if when is not None:
@@ -249,9 +244,7 @@ def _events_array(body: dict) -> list:
     if events is None:
         raise _Invalid(f"events is required: an array of 1 to {MAX_EVENTS_PER_REQUEST} items")
     if not isinstance(events, list):
-        raise _Invalid(
-            f"events must be an array of 1 to {MAX_EVENTS_PER_REQUEST} items, not {_show(events)}"
-        )
+        raise _Invalid(f"events must be an array of 1 to {MAX_EVENTS_PER_REQUEST} items, not {_show(events)}")
     if not 1 <= len(events) <= MAX_EVENTS_PER_REQUEST:
         raise _Invalid(_EVENT_COUNT_MESSAGE)
     return events
@@ -358,15 +351,15 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.emulator._unregister_connection(self.connection)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         logger.debug("pagent emulator %s: " + format, self.address_string(), *args)
 
     # -- method dispatch
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+    def do_POST(self) -> None:
         self._dispatch()
 
-    do_GET = do_HEAD = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_POST  # noqa: N815
+    do_GET = do_HEAD = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_POST
 
     def _dispatch(self) -> None:
         emulator = self.server.emulator
@@ -415,9 +408,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self._recorded or emulator.fast_sink:
             return
         self._recorded = True
-        emulator._record(
-            RequestRecord(self.command, self._path, status, self._n_events, self._received_at)
-        )
+        emulator._record(RequestRecord(self.command, self._path, status, self._n_events, self._received_at))
 
     def _read_body(self) -> bytes | None:
         """Read the request body; ``None`` if its framing is invalid."""
@@ -548,9 +539,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = () if faults.retry_after is None else (("Retry-After", str(faults.retry_after)),)
         self._answer(429, None, headers=headers)
 
-    def _answer(
-        self, status: int, payload: dict | None, headers: Iterable[tuple[str, str]] = ()
-    ) -> None:
+    def _answer(self, status: int, payload: dict | None, headers: Iterable[tuple[str, str]] = ()) -> None:
         """Write the whole response (status line, headers, body) in one write."""
         body = b"" if payload is None else json.dumps(payload).encode("utf-8")
         reason = self.responses.get(status, ("",))[0]

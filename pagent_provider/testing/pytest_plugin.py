@@ -49,9 +49,7 @@ def pagent_emulator() -> Iterator[IngestEmulator]:
 
 
 @pytest.fixture
-def pagent_connection(
-    pagent_emulator: IngestEmulator, monkeypatch: pytest.MonkeyPatch
-) -> IngestEmulator:
+def pagent_connection(pagent_emulator: IngestEmulator, monkeypatch: pytest.MonkeyPatch) -> IngestEmulator:
     """The ``pagent_emulator``, with Airflow's ``pagent_default`` connection pointing at it.
 
     Sets the environment variable ``AIRFLOW_CONN_PAGENT_DEFAULT`` (for the

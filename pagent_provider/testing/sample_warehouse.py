@@ -68,7 +68,9 @@ def generate_conversions(
     )
 
 
-def load_conversions(engine: sa.Engine, frame: pd.DataFrame, *, table: str = "conversions", replace: bool = True) -> int:
+def load_conversions(
+    engine: sa.Engine, frame: pd.DataFrame, *, table: str = "conversions", replace: bool = True
+) -> int:
     """Write ``frame`` to ``table`` (created when missing); returns the rows written."""
     metadata = sa.MetaData()
     target = conversions_table(metadata, table)
@@ -82,6 +84,15 @@ def load_conversions(engine: sa.Engine, frame: pd.DataFrame, *, table: str = "co
         for start in range(0, len(records), 5_000):
             conn.execute(target.insert(), records[start : start + 5_000])
     return len(records)
+
+
+def write_conversions(url: str, frame: pd.DataFrame, *, table: str = "conversions") -> int:
+    """:func:`load_conversions` into the database at a SQLAlchemy ``url`` (replacing the table)."""
+    engine = sa.create_engine(url)
+    try:
+        return load_conversions(engine, frame, table=table)
+    finally:
+        engine.dispose()
 
 
 def sample_period(days: int = 3, *, now: datetime | None = None) -> tuple[datetime, datetime]:

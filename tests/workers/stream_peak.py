@@ -39,7 +39,11 @@ def main(url: str, table: str, limit: int, chunksize: int, mode: str) -> None:
     warm = ConversionSync(sender=None, transform=config, options=SyncOptions(dry_run=True))  # type: ignore[arg-type]
     warm.run(read_sql_chunks(engine, f"SELECT * FROM {table} LIMIT 10", chunksize=10))  # imports, caches
     baseline = peak_rss_kib()
-    chunks = read_sql_chunks(engine, sql, chunksize=chunksize) if mode == "stream" else buffered_chunks(engine, sql, chunksize)
+    chunks = (
+        read_sql_chunks(engine, sql, chunksize=chunksize)
+        if mode == "stream"
+        else buffered_chunks(engine, sql, chunksize)
+    )
     summary = sync.run(chunks)
     engine.dispose()
     print(summary.rows, peak_rss_kib() - baseline)
