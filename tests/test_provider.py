@@ -65,3 +65,26 @@ def test_hook_uses_airflow_sdk_base_classes():
         "pagent_conn_id",
         "Pagent",
     )
+
+
+def test_airflow_connections_test_cli(pagent_emulator, tmp_path):
+    import os
+
+    airflow = Path(sys.executable).parent / "airflow"
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow.db",
+        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+        "AIRFLOW_CONN_PAGENT_DEFAULT": pagent_emulator.airflow_connection_json(),
+    }
+    good = subprocess.run([airflow, "connections", "test", "pagent_default"], env=env, capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    assert "Connection success!" in good.stdout
+    assert [r.status for r in pagent_emulator.requests()] == [400]  # the empty batch: key accepted
+
+    env["AIRFLOW_CONN_PAGENT_DEFAULT"] = pagent_emulator.airflow_connection_json("wrong-key")
+    bad = subprocess.run([airflow, "connections", "test", "pagent_default"], env=env, capture_output=True, text=True)
+    assert "401" in bad.stdout + bad.stderr
+    assert "wrong-key" not in bad.stdout + bad.stderr
+    assert pagent_emulator.events() == []
