@@ -29,6 +29,9 @@ test: $(VENV)/.installed-test lint
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check pagent_provider tests dags scripts benchmarks
 
+benchmark: $(VENV)/.installed-test
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
 check-wheel:
 	scripts/check-wheel.sh
 

@@ -27,8 +27,15 @@ SEED = 7
 PERIOD = (datetime(2026, 10, 1), datetime(2026, 10, 31))
 TABLE = "conversions"
 COLUMNS = (
-    "order_id", "session_id", "user_id", "conversion_id", "label",
-    "amount_usd", "converted_at", "channel", "coupon",
+    "order_id",
+    "session_id",
+    "user_id",
+    "conversion_id",
+    "label",
+    "amount_usd",
+    "converted_at",
+    "channel",
+    "coupon",
 )
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

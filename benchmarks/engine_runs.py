@@ -82,8 +82,6 @@ def sync_rerun(
     return _sync(source, sql, base_url, workers=workers, ledger=ledger, cap_s=cap_s)
 
 
-def sync_concurrent(
-    source: sa.Engine, sql: str, base_url: str, *, workers: int, cap_s: float | None = None
-) -> Timing:
+def sync_concurrent(source: sa.Engine, sql: str, base_url: str, *, workers: int, cap_s: float | None = None) -> Timing:
     """A sync without the ledger at ``workers`` concurrent requests (for the latency sweep)."""
     return _sync(source, sql, base_url, workers=workers, ledger=None, cap_s=cap_s)

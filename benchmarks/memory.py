@@ -49,7 +49,11 @@ def peak_of_sync(source_url: str, sink_url: str, rows: int, *, timeout_s: float 
     """Run one sync of ``rows`` rows in a fresh child process; return its peak RSS."""
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.memory", source_url, sink_url, str(rows)],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"the memory child failed ({done.returncode}):\n{done.stderr[-3000:]}")

@@ -43,17 +43,27 @@ class SinkProcess:
 
     def start(self) -> SinkProcess:
         command = [
-            sys.executable, "-m", "benchmarks.sink",
-            "--latency-ms", str(self.latency_s * 1000), "--key", self.api_key,
+            sys.executable,
+            "-m",
+            "benchmarks.sink",
+            "--latency-ms",
+            str(self.latency_s * 1000),
+            "--key",
+            self.api_key,
         ]
         self._process = subprocess.Popen(
-            command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            command,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
         line = self._process.stdout.readline().strip() if self._process.stdout else ""
         if not line.startswith("URL "):
             self.stop()
             raise RuntimeError(f"the sink process did not start (it printed {line!r})")
-        self.url = line[len("URL "):]
+        self.url = line[len("URL ") :]
         return self
 
     def _ask(self, command: str) -> str:

@@ -1,0 +1,130 @@
+"""The report: a text table, ``results.json`` and ``throughput.png``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.measure import Bench, TargetResult
+
+TABLE_COLUMNS = ("Target", "Measured", "Limit", "Result", "Margin", "Side by side")
+
+
+def _row(result: TargetResult) -> tuple[str, ...]:
+    status = "met" if result.met else "MISSED"
+    margin = f"{result.margin_pct:+.0f}%"
+    return (
+        result.title,
+        f"{result.measured:.2f}x",
+        f"{result.comparison} {result.limit:g}x",
+        status,
+        margin,
+        result.summary,
+    )
+
+
+def format_table(results: Sequence[TargetResult]) -> str:
+    """The results as a fixed-width text table, one row per target, and the notes under it.
+
+    Margin: distance from the limit in percent of the limit; positive is
+    headroom, negative is how far the target was missed.
+    """
+    rows = [TABLE_COLUMNS, *(_row(result) for result in results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
+
+    def line(cells: Sequence[str]) -> str:
+        return " | ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+    out = [line(rows[0]), "-+-".join("-" * width for width in widths)]
+    out += [line(row) for row in rows[1:]]
+    met = sum(result.met for result in results)
+    out.append(f"{met} of {len(results)} targets met. Margin: + headroom / - missed by, in % of the limit.")
+    notes = dict.fromkeys(note for result in results for note in result.notes)  # first-seen order
+    out += [f"note: {note}" for note in notes]
+    return "\n".join(out)
+
+
+def results_document(bench: Bench, results: Sequence[TargetResult], meta: dict[str, Any]) -> dict[str, Any]:
+    """Everything measured, JSON-ready."""
+    return {
+        "meta": meta,
+        "targets": [result.as_dict() for result in results],
+        "runs": bench.runs,
+        "sweep": bench.sweep,
+    }
+
+
+def write_json(document: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def draw_chart(bench: Bench, results: Sequence[TargetResult], path: Path) -> None:
+    """Left: throughput against ``max_workers`` at the sink's latency, with the ideal and the baselines.
+
+    Right: events/s of the no-latency runs of targets 1 and 5 (same rows each).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = bench.settings
+    by_id = {result.id: result for result in results}
+    numbers = by_id["concurrency_ideal"].numbers
+    workers = [point["workers"] for point in bench.sweep]
+    measured = [point["events_per_s"] for point in bench.sweep]
+    ideal = [point["ideal_events_per_s"] for point in bench.sweep]
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
+    left.plot(workers, ideal, linestyle="--", color="grey", label="ideal: workers x 100 events / latency")
+    left.plot(workers, measured, marker="o", color="tab:blue", linewidth=2, label="sync engine (ledger off)")
+    for x, y in zip(workers, measured, strict=True):
+        left.annotate(f"{y:,.0f}", (x, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+    left.axhline(
+        numbers["sequential_events_per_s"],
+        color="tab:orange",
+        label=f"sequential batches of 100, one session ({numbers['sequential_events_per_s']:,.0f} ev/s)",
+    )
+    left.axhline(
+        numbers["vendor_events_per_s"],
+        color="tab:red",
+        label=f"vendor example: 1 event per request, new connection ({numbers['vendor_events_per_s']:,.1f} ev/s)",
+    )
+    left.set_xscale("log", base=2)
+    left.set_xticks(workers, [str(w) for w in workers])
+    left.set_yscale("log")
+    left.set_xlabel("max_workers")
+    left.set_ylabel("events per second (log scale)")
+    left.set_title(f"{s.latency_s * 1000:.0f} ms latency per request, {numbers['rows']:,} rows")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8, loc="upper left")
+
+    runs = bench.runs
+    bars = [
+        ("minimal pipeline", "minimal_pipeline", "tab:green"),
+        ("sync, ledger on", "sync_ledger_on", "tab:purple"),
+        ("sync, ledger off", "sync_ledger_off", "tab:blue"),
+        ("re-run, all sent", "sync_rerun", "tab:grey"),
+    ]
+    present = [(label, runs[name]["events_per_s"], color) for label, name, color in bars if name in runs]
+    if present:
+        labels, rates, colors = zip(*present, strict=True)
+        positions = range(len(labels))
+        right.barh(positions, rates, color=colors)
+        right.set_yticks(list(positions), labels)
+        right.invert_yaxis()
+        for y, rate in zip(positions, rates, strict=True):
+            right.annotate(f" {rate:,.0f}", (rate, y), va="center", fontsize=8)
+        right.set_xlim(0, max(rates) * 1.25)
+        rows = runs.get("sync_ledger_on", {}).get("rows", 0)
+        right.set_title(f"no latency, SQLite, {rows:,} rows, max_workers={s.engine_workers}")
+        right.set_xlabel("events per second")
+        right.grid(True, axis="x", alpha=0.3)
+    figure.suptitle("pagent sync benchmark: throughput")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)

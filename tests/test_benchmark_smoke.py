@@ -1,0 +1,102 @@
+"""The benchmark suite runs end to end in its quick mode and reports every target.
+
+No timing is asserted here: the figures depend on the machine. What is checked
+is that the command completes and that its table, JSON and chart are well formed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_IDS = (
+    "overhead",
+    "concurrency_ideal",
+    "concurrency_sequential",
+    "vendor",
+    "memory",
+    "ledger_cost",
+    "ledger_rerun",
+)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_quick_benchmark_produces_table_json_and_chart(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the benchmark chart needs matplotlib (the benchmark extra)")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    document = json.loads((tmp_path / "results.json").read_text())
+    targets = {target["id"]: target for target in document["targets"]}
+    assert set(targets) == set(TARGET_IDS)
+    for target in targets.values():
+        assert _number(target["measured"]) and target["measured"] > 0, target
+        assert _number(target["limit"]), target
+        assert target["comparison"] in ("<=", ">="), target
+        assert isinstance(target["met"], bool), target
+        assert _number(target["margin_pct"]), target
+        expected = (
+            target["measured"] <= target["limit"]
+            if target["comparison"] == "<="
+            else (target["measured"] >= target["limit"])
+        )
+        assert target["met"] == expected, target
+    assert document["meta"]["mode"] == "quick"
+    assert _number(document["meta"]["wall_time_s"])
+    for run in ("sync_ledger_on", "minimal_pipeline", "sync_ledger_off", "sync_rerun", "vendor_pattern_50ms"):
+        assert document["runs"][run]["events"] > 0, run
+        assert _number(document["runs"][run]["events_per_s"]), run
+    assert document["runs"]["sync_rerun"]["sent"] == 0
+    assert [point["workers"] for point in document["sweep"]] == [1, 4, 8]
+    if os.environ.get("PAGENT_REQUIRE_SERVICES") == "1":  # CI: PostgreSQL must be there
+        assert targets["memory"]["numbers"]["source"] == "PostgreSQL"
+
+    # The printed table: a header, then one row per target with its measured ratio and verdict.
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("Target ") and "| Measured" in line)
+    rows = lines[header + 2 : header + 2 + len(TARGET_IDS)]
+    for row, target_id in zip(rows, TARGET_IDS, strict=True):
+        cells = [cell.strip() for cell in row.split("|")]
+        assert cells[0] == targets[target_id]["title"], row
+        assert float(cells[1].rstrip("x")) == pytest.approx(targets[target_id]["measured"], rel=0.01, abs=0.01)
+        assert cells[3] == ("met" if targets[target_id]["met"] else "MISSED"), row
+    assert (tmp_path / "results.txt").read_text().startswith(lines[header])
+
+    chart = tmp_path / "throughput.png"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fast_loader_stores_what_load_conversions_stores(tmp_path: Path) -> None:
+    import pandas as pd
+    import sqlalchemy as sa
+
+    from benchmarks import datagen
+    from pagent_provider.testing.sample_warehouse import load_conversions
+
+    frame = datagen.make_rows(500)
+    fast = datagen.load_sqlite(tmp_path / "fast.db", frame)
+    reference = sa.create_engine(f"sqlite:///{tmp_path / 'reference.db'}")
+    load_conversions(reference, frame)
+    query = "SELECT * FROM conversions ORDER BY order_id"
+    try:
+        pd.testing.assert_frame_equal(pd.read_sql(query, fast), pd.read_sql(query, reference))
+    finally:
+        fast.dispose()
+        reference.dispose()
