@@ -210,7 +210,9 @@ def test_a_sync_killed_mid_run_is_completed_by_the_next_run(
 ):
     frame = fill_warehouse(sqlite_engine, CRASH_ROWS)
     every_id = set(frame["order_id"].tolist())
-    in_flight_bound = CRASH_WORKERS * CRASH_BATCH
+    # Claimed and not yet acknowledged: max_workers batches being sent plus at
+    # most max_workers batches queued behind them (see ConversionSync._flush_window).
+    in_flight_bound = 2 * CRASH_WORKERS * CRASH_BATCH
     pagent_emulator.faults = Faults(latency_s=0.03)  # so that the kill lands with requests in flight
 
     child, _ = children.start(

@@ -156,5 +156,6 @@ def test_a_failing_source_still_records_the_batches_in_flight(client, emulator, 
         ConversionSync(client, CONFIG, SyncOptions(max_workers=4), ledger=ledger).run(chunks())
     statuses = ledger.count_by_status()
     engine.dispose()
-    assert raised.value.summary["sent"] == len(emulator.events()) == 400
-    assert statuses == {"sent": 400}  # nothing left claimed for a later run to resend
+    sent = raised.value.summary["sent"]
+    assert 0 < sent == len(emulator.events()) <= 400
+    assert statuses == {"sent": sent}  # nothing left claimed for a later run to resend

@@ -24,6 +24,7 @@ table, ``<table>_rejects``, with the reason.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -220,6 +221,9 @@ class Ledger:
         self.claim_timeout_ms = int(claim_timeout_s * 1000)
         self.unknown_outcome: UnknownOutcomePolicy = unknown_outcome
         self.metadata, self.table, self.rejects_table = _build_tables(table_name)
+        self._claim_statement = self._build_claim_statement()
+        self._claim_prefix = uuid.uuid4().hex[:16]
+        self._claim_counter = itertools.count()
         if engine.dialect.name == "sqlite":
             _prepare_sqlite(engine)
 
@@ -283,6 +287,23 @@ class Ledger:
                 found.update((row.event_key, LedgerRow(*row)) for row in rows)
         return found
 
+    def sent_hashes(self, keys: Sequence[str]) -> dict[str, str]:
+        """The content hash of every key in ``keys`` that pagent acknowledged (others are absent).
+
+        The cheap question a run asks of every chunk, so it reads two columns only.
+        """
+        t = self.table
+        found: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for keys_slice in _slices(keys, 2 * _LOOKUP_SLICE):
+                rows = conn.execute(
+                    sa.select(t.c.event_key, t.c.content_hash).where(
+                        t.c.namespace == self.namespace, t.c.status == SENT, t.c.event_key.in_(keys_slice)
+                    )
+                )
+                found.update((key, content_hash) for key, content_hash in rows)
+        return found
+
     def count_by_status(self) -> dict[str, int]:
         """How many keys of this namespace are in each status."""
         t = self.table
@@ -296,18 +317,38 @@ class Ledger:
 
     def claim(self, entries: Sequence[tuple[str, str]]) -> ClaimResult:
         """Claim ``(event_key, content_hash)`` pairs for sending; see :class:`ClaimResult`."""
-        result = ClaimResult(claim_id=uuid.uuid4().hex)
-        if not entries:
-            return result
+        return self.claim_batches([entries])[0]
+
+    def claim_batches(self, batches: Sequence[Sequence[tuple[str, str]]]) -> list[ClaimResult]:
+        """Claim several batches in one statement and one transaction, one claim id per batch.
+
+        Each batch is settled on its own (already sent, unknown, claimed
+        elsewhere), exactly as :meth:`claim` would; doing them together only
+        saves round trips and commits.
+        """
+        results = [ClaimResult(claim_id=self._new_claim_id()) for _ in batches]
         stamp = now_ms()
-        rows = [self._claim_row(key, content_hash, result.claim_id, stamp) for key, content_hash in entries]
+        rows = [
+            self._claim_row(key, content_hash, result.claim_id, stamp)
+            for result, entries in zip(results, batches, strict=True)
+            for key, content_hash in entries
+        ]
+        if not rows:
+            return results
         with self.engine.begin() as conn:
             inserted = self._insert_if_absent(conn, rows)
-        if inserted == len(rows):
-            result.claimed = {key for key, _ in entries}
-            return result
-        self._settle_conflicts(entries, result, stamp)
-        return result
+        for result, entries in zip(results, batches, strict=True):
+            keys = {key for key, _ in entries}
+            # compare (key, claim id): a key repeated in two batches is inserted for one of them only
+            if inserted is not None and {(key, result.claim_id) for key in keys} <= inserted:
+                result.claimed = keys
+            elif entries:
+                self._settle_conflicts(entries, result, stamp)
+        return results
+
+    def _new_claim_id(self) -> str:
+        # a random prefix per ledger object and a counter: unique, without a urandom call per batch
+        return f"{self._claim_prefix}{next(self._claim_counter):016x}"
 
     def _claim_row(self, key: str, content_hash: str, claim_id: str, stamp: int) -> dict[str, object]:
         owner = self.owner
@@ -326,30 +367,41 @@ class Ledger:
             "heartbeat_at": stamp,
         }
 
-    def _insert_if_absent(self, conn: sa.Connection, rows: list[dict[str, object]]) -> int:
+    def _insert_if_absent(self, conn: sa.Connection, rows: list[dict[str, object]]) -> set[tuple[str, str]] | None:
+        """Insert the rows whose key is free; return their ``(key, claim id)`` (``None``: not known, look up)."""
         # Insert in key order: each inserted key stays locked until commit, and two
         # runs inserting overlapping keys in different orders (overlapping intervals
         # read in a different order) deadlock on PostgreSQL and MariaDB.
         rows = sorted(rows, key=lambda row: str(row["event_key"]))
+        if self._claim_statement is None:
+            return self._insert_one_by_one(conn, rows)
+        result = conn.execute(self._claim_statement, rows)
+        if result.returns_rows:
+            return {(row[0], row[1]) for row in result}
+        # MySQL/MariaDB's INSERT IGNORE reports only a count
+        every_row = {(str(row["event_key"]), str(row["claim_id"])) for row in rows}
+        return every_row if result.rowcount == len(rows) else None
+
+    def _build_claim_statement(self) -> sa.Insert | None:
+        # One statement, compiled once and run with a list of rows (executemany):
+        # building a new multi-row VALUES per batch costs more than the database work.
         dialect = self.engine.dialect.name
         if dialect == "sqlite":
-            statement = sqlite_insert(self.table).values(rows).on_conflict_do_nothing()
-        elif dialect == "postgresql":
-            statement = postgresql_insert(self.table).values(rows).on_conflict_do_nothing()
-        elif dialect in ("mysql", "mariadb"):
-            statement = self.table.insert().prefix_with("IGNORE").values(rows)
-        else:
-            return self._insert_one_by_one(conn, rows)
-        return conn.execute(statement).rowcount
+            return sqlite_insert(self.table).on_conflict_do_nothing().returning(self.table.c.event_key, self.table.c.claim_id)
+        if dialect == "postgresql":
+            return postgresql_insert(self.table).on_conflict_do_nothing().returning(self.table.c.event_key, self.table.c.claim_id)
+        if dialect in ("mysql", "mariadb"):
+            return self.table.insert().prefix_with("IGNORE")
+        return None
 
-    def _insert_one_by_one(self, conn: sa.Connection, rows: list[dict[str, object]]) -> int:
+    def _insert_one_by_one(self, conn: sa.Connection, rows: list[dict[str, object]]) -> set[tuple[str, str]]:
         # Portable fallback for dialects without insert-if-absent: the primary key still decides.
-        inserted = 0
+        inserted = set()
         for row in rows:
             try:
                 with conn.begin_nested():
                     conn.execute(self.table.insert().values(row))
-                inserted += 1
+                inserted.add((str(row["event_key"]), str(row["claim_id"])))
             except sa.exc.IntegrityError:
                 pass
         return inserted
@@ -466,6 +518,14 @@ class Ledger:
         """pagent acknowledged these keys (all of the claim when ``keys`` is None)."""
         update = self.table.update().values(status=SENT, sent_at=now_ms(), detail=None)
         self._execute_on_claim(claim_id, keys, update)
+
+    def mark_claims_sent(self, claim_ids: Sequence[str]) -> None:
+        """pagent acknowledged every key of these claims: one statement for all of them."""
+        t = self.table
+        update = t.update().values(status=SENT, sent_at=now_ms(), detail=None)
+        with self.engine.begin() as conn:
+            for ids_slice in _slices(claim_ids):
+                conn.execute(update.where(t.c.namespace == self.namespace, t.c.claim_id.in_(ids_slice)))
 
     def mark_unknown(self, claim_id: str, keys: Iterable[str] | None, detail: str) -> None:
         """The answer for these keys was lost: they may or may not have been recorded."""

@@ -121,6 +121,7 @@ class ConversionSync:
         self._new_unknown = 0
         self._stop_error: BaseException | None = None
         self._answered = False
+        self._window: list[list[PendingEvent]] = []
         self._inflight: dict[Future[BatchOutcome], str | None] = {}
         self._started = 0.0
         self._last_progress = 0.0
@@ -169,12 +170,16 @@ class ConversionSync:
                 check_columns(list(chunk.columns), self.transform)
                 checked = True
             for batch in batched(self._prepare(chunk), self.options.batch_size):
+                self.summary.batches += 1
+                if self.options.dry_run:
+                    continue
+                self._window.append(batch)
+                if len(self._window) >= self._window_size():
+                    self._flush_window(pool)
                 if self._stop_error is not None:
                     return
-                self._submit(batch, pool)
             self._log_progress()
-            if self._stop_error is not None:
-                return
+        self._flush_window(pool)
 
     def _prepare(self, chunk: pd.DataFrame) -> list[PendingEvent]:
         transformed = transform_chunk(chunk, self.transform, row_offset=self.summary.rows)
@@ -212,58 +217,77 @@ class ConversionSync:
             return pending
         if self.options.dry_run and not self.ledger.tables_exist():
             return pending
-        known = self.ledger.lookup([event.key for event in pending])
+        sent = self.ledger.sent_hashes([event.key for event in pending])
         remaining = []
         for event in pending:
-            row = known.get(event.key)
-            if row is not None and row.status == "sent":
-                self.summary.already_sent += 1
-                if row.content_hash != event.content_hash:
-                    self.summary.changed_after_send += 1
-            else:
+            sent_hash = sent.get(event.key)
+            if sent_hash is None:
                 remaining.append(event)
+                continue
+            self.summary.already_sent += 1
+            if sent_hash != event.content_hash:
+                self.summary.changed_after_send += 1
         return remaining
 
     # --- sending ------------------------------------------------------------
 
-    def _submit(self, batch: list[PendingEvent], pool: ThreadPoolExecutor) -> None:
-        self.summary.batches += 1
-        if self.options.dry_run:
-            return
-        # Until pagent has answered once, send one batch at a time: a wrong key or
-        # base URL then costs one request, not max_workers of them.
-        limit = self.options.max_workers if self._answered else 1
-        while len(self._inflight) >= limit:
-            self._collect(block=True)
-            limit = self.options.max_workers if self._answered else 1
-        if self._stop_error is not None:
-            return
-        claim_id, batch = self._claim(batch)
-        if batch:
-            self._inflight[pool.submit(deliver_batch, self.sender, batch, claim_id)] = claim_id
+    def _window_size(self) -> int:
+        # Until pagent has answered once, one batch at a time: a wrong key or base
+        # URL then costs one request, not max_workers of them.
+        return self.options.max_workers if self._answered else 1
 
-    def _claim(self, batch: list[PendingEvent]) -> tuple[str | None, list[PendingEvent]]:
+    def _flush_window(self, pool: ThreadPoolExecutor) -> None:
+        """Claim the batches of the window in one statement and hand them to the senders.
+
+        At most ``max_workers`` batches wait behind the ``max_workers`` being sent,
+        so the senders never idle while the next chunk is read; the claims not yet
+        acknowledged are bounded by ``2 * max_workers`` batches.
+        """
+        while self._window and len(self._inflight) >= self._window_size():
+            self._collect(block=True)
+        window, self._window = self._window, []
+        if not window or self._stop_error is not None:
+            return
+        for claim_id, batch in self._claim(window):
+            if batch:
+                self._inflight[pool.submit(deliver_batch, self.sender, batch, claim_id)] = claim_id
+
+    def _claim(self, window: list[list[PendingEvent]]) -> list[tuple[str | None, list[PendingEvent]]]:
         if self.ledger is None:
-            return None, batch
-        claim = self.ledger.claim([(event.key, event.content_hash) for event in batch])
+            return [(None, batch) for batch in window]
+        claims = self.ledger.claim_batches([[(event.key, event.content_hash) for event in batch] for batch in window])
         s = self.summary
-        s.already_sent += len(claim.already_sent)
-        s.changed_after_send += len(claim.changed_after_send)
-        s.claimed_elsewhere += len(claim.claimed_elsewhere)
-        s.duplicate_keys += len(claim.duplicate_keys)
-        s.unknown += len(claim.unknown_skipped) + len(claim.unknown_taken_over)
-        s.unknown_resent += len(claim.unknown_taken_over)
-        return claim.claim_id, [event for event in batch if event.key in claim.claimed]
+        claimed = []
+        for claim, batch in zip(claims, window, strict=True):
+            s.already_sent += len(claim.already_sent)
+            s.changed_after_send += len(claim.changed_after_send)
+            s.claimed_elsewhere += len(claim.claimed_elsewhere)
+            s.duplicate_keys += len(claim.duplicate_keys)
+            s.unknown += len(claim.unknown_skipped) + len(claim.unknown_taken_over)
+            s.unknown_resent += len(claim.unknown_taken_over)
+            claimed.append((claim.claim_id, [event for event in batch if event.key in claim.claimed]))
+        return claimed
 
     def _collect(self, *, block: bool) -> None:
         if not self._inflight:
             return
         timeout = self._heartbeat_interval() if block else 0
         done, _ = wait(list(self._inflight), timeout=timeout, return_when=FIRST_COMPLETED)
+        outcomes = [future.result() for future in done]
         for future in done:
             self._inflight.pop(future)
-            self._apply(future.result())
+        self._mark_fully_sent(outcomes)
+        for outcome in outcomes:
+            self._apply(outcome)
         self._heartbeat_if_due()
+
+    def _mark_fully_sent(self, outcomes: list[BatchOutcome]) -> None:
+        # The common case, every event of a batch acknowledged, is one statement for all batches.
+        if self.ledger is None:
+            return
+        claim_ids = [o.claim_id for o in outcomes if o.claim_id and o.sent and not (o.refused or o.unknown or o.failed)]
+        if claim_ids:
+            self.ledger.mark_claims_sent(claim_ids)
 
     def _drain(self) -> None:
         while self._inflight:
@@ -277,9 +301,8 @@ class ConversionSync:
         s.accepted += outcome.accepted
         ledger, claim_id = self.ledger, outcome.claim_id
         if ledger is not None and claim_id is not None:
-            if outcome.sent:
-                every = not (outcome.refused or outcome.unknown or outcome.failed)
-                ledger.mark_sent(claim_id, None if every else [event.key for event in outcome.sent])
+            if outcome.sent and (outcome.refused or outcome.unknown or outcome.failed):
+                ledger.mark_sent(claim_id, [event.key for event in outcome.sent])  # the rest: _mark_fully_sent
             if outcome.unknown:
                 ledger.mark_unknown(claim_id, [event.key for event in outcome.unknown], outcome.unknown_reason)
             released = [event.key for event in outcome.failed] + [event.key for event, _ in outcome.refused]
