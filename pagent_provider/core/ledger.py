@@ -319,12 +319,15 @@ class Ledger:
         """Claim ``(event_key, content_hash)`` pairs for sending; see :class:`ClaimResult`."""
         return self.claim_batches([entries])[0]
 
-    def claim_batches(self, batches: Sequence[Sequence[tuple[str, str]]]) -> list[ClaimResult]:
+    def claim_batches(
+        self, batches: Sequence[Sequence[tuple[str, str]]], *, mark_sent: Sequence[str] = ()
+    ) -> list[ClaimResult]:
         """Claim several batches in one statement and one transaction, one claim id per batch.
 
         Each batch is settled on its own (already sent, unknown, claimed
         elsewhere), exactly as :meth:`claim` would; doing them together only
-        saves round trips and commits.
+        saves round trips and commits. ``mark_sent`` names earlier claims that
+        pagent acknowledged in full: they are marked sent in the same transaction.
         """
         results = [ClaimResult(claim_id=self._new_claim_id()) for _ in batches]
         stamp = now_ms()
@@ -334,9 +337,14 @@ class Ledger:
             for key, content_hash in entries
         ]
         if not rows:
+            self.mark_claims_sent(mark_sent)
             return results
         with self.engine.begin() as conn:
+            # Insert first, mark after: a transaction that is marking its own rows then
+            # waits for nobody, so two runs' transactions cannot wait on each other
+            # (marking first deadlocks against a run inserting the keys being marked).
             inserted = self._insert_if_absent(conn, rows)
+            self._mark_claims_sent(conn, mark_sent)
         for result, entries in zip(results, batches, strict=True):
             keys = {key for key, _ in entries}
             # compare (key, claim id): a key repeated in two batches is inserted for one of them only
@@ -387,9 +395,17 @@ class Ledger:
         # building a new multi-row VALUES per batch costs more than the database work.
         dialect = self.engine.dialect.name
         if dialect == "sqlite":
-            return sqlite_insert(self.table).on_conflict_do_nothing().returning(self.table.c.event_key, self.table.c.claim_id)
+            return (
+                sqlite_insert(self.table)
+                .on_conflict_do_nothing()
+                .returning(self.table.c.event_key, self.table.c.claim_id)
+            )
         if dialect == "postgresql":
-            return postgresql_insert(self.table).on_conflict_do_nothing().returning(self.table.c.event_key, self.table.c.claim_id)
+            return (
+                postgresql_insert(self.table)
+                .on_conflict_do_nothing()
+                .returning(self.table.c.event_key, self.table.c.claim_id)
+            )
         if dialect in ("mysql", "mariadb"):
             return self.table.insert().prefix_with("IGNORE")
         return None
@@ -521,11 +537,15 @@ class Ledger:
 
     def mark_claims_sent(self, claim_ids: Sequence[str]) -> None:
         """pagent acknowledged every key of these claims: one statement for all of them."""
+        if claim_ids:
+            with self.engine.begin() as conn:
+                self._mark_claims_sent(conn, claim_ids)
+
+    def _mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[str]) -> None:
         t = self.table
         update = t.update().values(status=SENT, sent_at=now_ms(), detail=None)
-        with self.engine.begin() as conn:
-            for ids_slice in _slices(claim_ids):
-                conn.execute(update.where(t.c.namespace == self.namespace, t.c.claim_id.in_(ids_slice)))
+        for ids_slice in _slices(claim_ids):
+            conn.execute(update.where(t.c.namespace == self.namespace, t.c.claim_id.in_(ids_slice)))
 
     def mark_unknown(self, claim_id: str, keys: Iterable[str] | None, detail: str) -> None:
         """The answer for these keys was lost: they may or may not have been recorded."""

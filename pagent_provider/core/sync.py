@@ -122,6 +122,7 @@ class ConversionSync:
         self._stop_error: BaseException | None = None
         self._answered = False
         self._window: list[list[PendingEvent]] = []
+        self._sent_claims: list[str] = []
         self._inflight: dict[Future[BatchOutcome], str | None] = {}
         self._started = 0.0
         self._last_progress = 0.0
@@ -178,6 +179,7 @@ class ConversionSync:
                     self._flush_window(pool)
                 if self._stop_error is not None:
                     return
+            self._record_sent_claims()  # before the next (maybe slow) read, nothing acknowledged waits
             self._log_progress()
         self._flush_window(pool)
 
@@ -255,7 +257,10 @@ class ConversionSync:
     def _claim(self, window: list[list[PendingEvent]]) -> list[tuple[str | None, list[PendingEvent]]]:
         if self.ledger is None:
             return [(None, batch) for batch in window]
-        claims = self.ledger.claim_batches([[(event.key, event.content_hash) for event in batch] for batch in window])
+        sent_claims, self._sent_claims = self._sent_claims, []
+        claims = self.ledger.claim_batches(
+            [[(event.key, event.content_hash) for event in batch] for batch in window], mark_sent=sent_claims
+        )
         s = self.summary
         claimed = []
         for claim, batch in zip(claims, window, strict=True):
@@ -282,16 +287,24 @@ class ConversionSync:
         self._heartbeat_if_due()
 
     def _mark_fully_sent(self, outcomes: list[BatchOutcome]) -> None:
-        # The common case, every event of a batch acknowledged, is one statement for all batches.
-        if self.ledger is None:
-            return
-        claim_ids = [o.claim_id for o in outcomes if o.claim_id and o.sent and not (o.refused or o.unknown or o.failed)]
-        if claim_ids:
-            self.ledger.mark_claims_sent(claim_ids)
+        # The common case, every event of a batch acknowledged, is recorded with the
+        # next window's claims, in the same transaction. The acknowledged batches not
+        # yet recorded stay within the 2 * max_workers batches a crash can repeat.
+        self._sent_claims.extend(
+            o.claim_id for o in outcomes if o.claim_id and o.sent and not (o.refused or o.unknown or o.failed)
+        )
+        if len(self._sent_claims) >= 2 * self.options.max_workers:
+            self._record_sent_claims()
+
+    def _record_sent_claims(self) -> None:
+        if self.ledger is not None and self._sent_claims:
+            sent_claims, self._sent_claims = self._sent_claims, []
+            self.ledger.mark_claims_sent(sent_claims)
 
     def _drain(self) -> None:
         while self._inflight:
             self._collect(block=True)
+        self._record_sent_claims()
 
     def _apply(self, outcome: BatchOutcome) -> None:
         s = self.summary
