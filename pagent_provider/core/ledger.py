@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 import re
 import time
 import uuid
@@ -222,6 +223,7 @@ class Ledger:
         self.unknown_outcome: UnknownOutcomePolicy = unknown_outcome
         self.metadata, self.table, self.rejects_table = _build_tables(table_name)
         self._claim_statement = self._build_claim_statement()
+        self._sqlite_claim: tuple[str, tuple[str, ...]] | None = None
         self._claim_prefix = uuid.uuid4().hex[:16]
         self._claim_counter = itertools.count()
         if engine.dialect.name == "sqlite":
@@ -383,10 +385,27 @@ class Ledger:
         rows = sorted(rows, key=lambda row: str(row["event_key"]))
         if self._claim_statement is None:
             return self._insert_one_by_one(conn, rows)
+        if self.engine.dialect.name == "sqlite":
+            return self._insert_on_sqlite(conn, rows)
         result = conn.execute(self._claim_statement, rows)
         if result.returns_rows:
             return {(row[0], row[1]) for row in result}
         # MySQL/MariaDB's INSERT IGNORE reports only a count
+        every_row = {(str(row["event_key"]), str(row["claim_id"])) for row in rows}
+        return every_row if result.rowcount == len(rows) else None
+
+    def _insert_on_sqlite(self, conn: sa.Connection, rows: list[dict[str, object]]) -> set[tuple[str, str]] | None:
+        # sqlite3's own executemany, with the statement compiled once to text and
+        # rows as tuples: SQLAlchemy's per-row parameter handling would cost more
+        # than SQLite's work. Its rowcount sums the rows inserted.
+        if self._sqlite_claim is None:
+            compiled = self._claim_statement.compile(  # type: ignore[union-attr]
+                dialect=self.engine.dialect, column_keys=list(rows[0])
+            )
+            self._sqlite_claim = (str(compiled), tuple(compiled.positiontup or ()))
+        sql, names = self._sqlite_claim
+        as_tuple = operator.itemgetter(*names)
+        result = conn.exec_driver_sql(sql, [as_tuple(row) for row in rows])
         every_row = {(str(row["event_key"]), str(row["claim_id"])) for row in rows}
         return every_row if result.rowcount == len(rows) else None
 
@@ -395,11 +414,7 @@ class Ledger:
         # building a new multi-row VALUES per batch costs more than the database work.
         dialect = self.engine.dialect.name
         if dialect == "sqlite":
-            return (
-                sqlite_insert(self.table)
-                .on_conflict_do_nothing()
-                .returning(self.table.c.event_key, self.table.c.claim_id)
-            )
+            return sqlite_insert(self.table).on_conflict_do_nothing()  # see _insert_on_sqlite
         if dialect == "postgresql":
             return (
                 postgresql_insert(self.table)
