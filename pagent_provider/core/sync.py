@@ -18,10 +18,10 @@ import pandas as pd
 
 from pagent_provider.core.batching import batched
 from pagent_provider.core.delivery import BatchOutcome, PendingEvent, V1Sender, deliver_batch
-from pagent_provider.core.encoding import content_hash, encode_event, ledger_key
 from pagent_provider.core.events import MAX_EVENTS_PER_REQUEST
 from pagent_provider.core.ledger import Ledger, RejectRecord
-from pagent_provider.core.transform import RowReject, TransformConfig, check_columns, transform_chunk
+from pagent_provider.core.preparation import ChunkPreparer, PreparedChunk, prepare_ahead
+from pagent_provider.core.transform import RowReject, TransformConfig
 from pagent_provider.exceptions import (
     PagentConfigError,
     PagentDeliveryError,
@@ -165,12 +165,11 @@ class ConversionSync:
     # --- reading and preparing ---------------------------------------------
 
     def _sync_chunks(self, chunks: Iterable[pd.DataFrame], pool: ThreadPoolExecutor) -> None:
-        checked = False
-        for chunk in chunks:
-            if not checked:
-                check_columns(list(chunk.columns), self.transform)
-                checked = True
-            for batch in batched(self._prepare(chunk), self.options.batch_size):
+        preparer = ChunkPreparer(self.transform, self.ledger, dry_run=self.options.dry_run)
+        prepared_chunks = prepare_ahead(chunks, preparer, poll_s=0.05, on_idle=lambda: self._collect(block=False))
+        for prepared in prepared_chunks:
+            self._count_prepared(prepared)
+            for batch in batched(prepared.pending, self.options.batch_size):
                 self.summary.batches += 1
                 if self.options.dry_run:
                     continue
@@ -178,58 +177,20 @@ class ConversionSync:
                 if len(self._window) >= self._window_size():
                     self._flush_window(pool)
                 if self._stop_error is not None:
+                    prepared_chunks.close()  # stops the helper thread
                     return
             self._record_sent_claims()  # before the next (maybe slow) read, nothing acknowledged waits
             self._log_progress()
         self._flush_window(pool)
 
-    def _prepare(self, chunk: pd.DataFrame) -> list[PendingEvent]:
-        transformed = transform_chunk(chunk, self.transform, row_offset=self.summary.rows)
-        self.summary.rows += transformed.rows
-        self.summary.valid += len(transformed.events)
-        self._record_invalid(transformed.rejects)
-        pending = self._encode(transformed.events, transformed.keys)
-        return self._skip_known(self._drop_duplicates(pending))
-
-    def _encode(self, events: list[dict[str, Any]], keys: list[str] | None) -> list[PendingEvent]:
-        pending = []
-        for index, event in enumerate(events):
-            encoded = encode_event(event)
-            digest = content_hash(encoded)
-            source_key = keys[index] if keys is not None else None
-            key = ledger_key(source_key) if source_key is not None else digest
-            pending.append(PendingEvent(key, digest, encoded, source_key or f"hash {digest}"))
-        return pending
-
-    def _drop_duplicates(self, pending: list[PendingEvent]) -> list[PendingEvent]:
-        seen: set[str] = set()
-        unique = []
-        for event in pending:
-            if event.key in seen:
-                self.summary.duplicate_keys += 1
-                continue
-            seen.add(event.key)
-            unique.append(event)
-        return unique
-
-    def _skip_known(self, pending: list[PendingEvent]) -> list[PendingEvent]:
-        # One bulk lookup per chunk, so re-runs and overlapping intervals skip
-        # what was sent before without claiming it batch by batch.
-        if self.ledger is None or not pending:
-            return pending
-        if self.options.dry_run and not self.ledger.tables_exist():
-            return pending
-        sent = self.ledger.sent_hashes([event.key for event in pending])
-        remaining = []
-        for event in pending:
-            sent_hash = sent.get(event.key)
-            if sent_hash is None:
-                remaining.append(event)
-                continue
-            self.summary.already_sent += 1
-            if sent_hash != event.content_hash:
-                self.summary.changed_after_send += 1
-        return remaining
+    def _count_prepared(self, prepared: PreparedChunk) -> None:
+        s = self.summary
+        s.rows += prepared.rows
+        s.valid += prepared.valid
+        s.duplicate_keys += prepared.duplicate_keys
+        s.already_sent += prepared.already_sent
+        s.changed_after_send += prepared.changed_after_send
+        self._record_invalid(prepared.rejects)
 
     # --- sending ------------------------------------------------------------
 
