@@ -159,3 +159,30 @@ def test_a_failing_source_still_records_the_batches_in_flight(client, emulator, 
     sent = raised.value.summary["sent"]
     assert 0 < sent == len(emulator.events()) <= 400
     assert statuses == {"sent": sent}  # nothing left claimed for a later run to resend
+
+
+def test_acknowledged_batches_are_recorded_while_the_next_chunk_is_read(client, emulator, tmp_path):
+    import time
+
+    import sqlalchemy as sa
+
+    from pagent_provider.core.ledger import Ledger
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger = Ledger(engine, namespace="test")
+    first, second = purchases(250, seed=1), purchases(250, seed=2)
+    second["order_id"] += 1_000
+    seen_while_reading = {}
+
+    def slow_warehouse():
+        yield first
+        deadline = time.monotonic() + 10  # the second chunk takes long to read
+        while time.monotonic() < deadline and ledger.count_by_status() != {"sent": 250}:
+            time.sleep(0.05)
+        seen_while_reading.update(ledger.count_by_status())
+        yield second
+
+    summary = ConversionSync(client, CONFIG, SyncOptions(max_workers=4), ledger=ledger).run(slow_warehouse())
+    engine.dispose()
+    assert seen_while_reading == {"sent": 250}  # nothing acknowledged was left "claimed" during the read
+    assert summary.sent == 500

@@ -166,7 +166,7 @@ class ConversionSync:
 
     def _sync_chunks(self, chunks: Iterable[pd.DataFrame], pool: ThreadPoolExecutor) -> None:
         preparer = ChunkPreparer(self.transform, self.ledger, dry_run=self.options.dry_run)
-        prepared_chunks = prepare_ahead(chunks, preparer, poll_s=0.05, on_idle=lambda: self._collect(block=False))
+        prepared_chunks = prepare_ahead(chunks, preparer, poll_s=0.05, on_idle=self._while_reading)
         for prepared in prepared_chunks:
             self._count_prepared(prepared)
             for batch in batched(prepared.pending, self.options.batch_size):
@@ -179,9 +179,15 @@ class ConversionSync:
                 if self._stop_error is not None:
                     prepared_chunks.close()  # stops the helper thread
                     return
-            self._record_sent_claims()  # before the next (maybe slow) read, nothing acknowledged waits
+            self._flush_window(pool)  # the whole chunk goes out while the next one is read
+            self._record_sent_claims()
             self._log_progress()
-        self._flush_window(pool)
+
+    def _while_reading(self) -> None:
+        # Waiting for the next chunk (a slow warehouse): keep collecting answers,
+        # record what was acknowledged at once, and keep the claims heartbeating.
+        self._collect(block=False)
+        self._record_sent_claims()
 
     def _count_prepared(self, prepared: PreparedChunk) -> None:
         s = self.summary
