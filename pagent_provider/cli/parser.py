@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from pagent_provider import __version__
+from pagent_provider.core import defaults
 from pagent_provider.core.client import DEFAULT_BASE_URL
 from pagent_provider.testing.__main__ import build_arg_parser as build_emulator_arg_parser
 
@@ -19,7 +20,7 @@ API_KEY_ENV = "PAGENT_API_KEY"
 BASE_URL_ENV = "PAGENT_BASE_URL"
 # The operator's default ledger namespace is its pagent connection id, "pagent_default":
 # sharing it lets the CLI and Airflow DAGs see each other's deliveries in one ledger.
-DEFAULT_LEDGER_NAMESPACE = "pagent_default"
+DEFAULT_LEDGER_NAMESPACE = defaults.PAGENT_CONN_ID
 
 _EXIT_STATUS = """\
 exit status:
@@ -198,7 +199,7 @@ def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ign
     source.add_argument(
         "--chunksize",
         type=positive_int,
-        default=10_000,
+        default=defaults.CHUNKSIZE,
         metavar="N",
         help="rows read per chunk (default %(default)s)",
     )
@@ -232,12 +233,12 @@ def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ign
     mapping.add_argument(
         "--revenue-unit",
         choices=("dollars", "cents"),
-        default="dollars",
+        default=defaults.REVENUE_UNIT,
         help="what the revenue column holds; dollars are converted to cents (default %(default)s)",
     )
     mapping.add_argument(
         "--timezone",
-        default="UTC",
+        default=defaults.TIMEZONE,
         metavar="TZ",
         help="IANA zone in which naive timestamps are read (default %(default)s)",
     )
@@ -265,14 +266,14 @@ def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ign
     delivery.add_argument(
         "--batch-size",
         type=int,
-        default=100,
+        default=defaults.BATCH_SIZE,
         metavar="N",
         help="events per request, 1 to 100 (default %(default)s)",
     )
     delivery.add_argument(
         "--max-workers",
         type=int,
-        default=4,
+        default=defaults.MAX_WORKERS,
         metavar="N",
         help="concurrent requests (default %(default)s)",
     )
@@ -291,7 +292,7 @@ def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ign
     )
     ledger.add_argument(
         "--ledger-table",
-        default="pagent_ledger",
+        default=defaults.LEDGER_TABLE,
         metavar="TABLE",
         help="the ledger table, schema.table allowed; rejected rows go to TABLE_rejects (default %(default)s)",
     )
@@ -311,14 +312,14 @@ def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ign
     ledger.add_argument(
         "--unknown-outcome",
         choices=("resend", "skip"),
-        default="resend",
+        default=defaults.UNKNOWN_OUTCOME,
         help="what to do with events whose earlier answer was lost: resend them (at least once) "
         "or skip them (at most once) (default %(default)s)",
     )
     ledger.add_argument(
         "--claim-timeout",
         type=float,
-        default=600.0,
+        default=defaults.CLAIM_TIMEOUT_S,
         metavar="S",
         help="seconds without heartbeat after which another run's claim counts as abandoned (default %(default)s)",
     )
@@ -345,7 +346,7 @@ def add_pagent_options(parser: argparse.ArgumentParser, *, retries: bool) -> Non
     pagent.add_argument(
         "--timeout",
         type=float,
-        default=30.0,
+        default=defaults.READ_TIMEOUT_S,
         metavar="S",
         help="seconds to wait for an answer (default %(default)s)",
     )
@@ -353,7 +354,7 @@ def add_pagent_options(parser: argparse.ArgumentParser, *, retries: bool) -> Non
         pagent.add_argument(
             "--max-retries",
             type=int,
-            default=5,
+            default=defaults.MAX_RETRIES,
             metavar="N",
             help="retries of a request that failed with 429, 5xx or no connection (default %(default)s)",
         )

@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from pagent_provider.core import defaults
 from pagent_provider.core.owner import ClaimOwner
 from pagent_provider.exceptions import PagentConfigError
 
@@ -205,9 +206,9 @@ class Ledger:
         *,
         namespace: str,
         owner: ClaimOwner | None = None,
-        table_name: str = "pagent_ledger",
-        claim_timeout_s: float = 600.0,
-        unknown_outcome: UnknownOutcomePolicy = "resend",
+        table_name: str = defaults.LEDGER_TABLE,
+        claim_timeout_s: float = defaults.CLAIM_TIMEOUT_S,
+        unknown_outcome: UnknownOutcomePolicy = defaults.UNKNOWN_OUTCOME,  # type: ignore[assignment]
     ) -> None:
         if unknown_outcome not in UNKNOWN_OUTCOME_POLICIES:
             raise PagentConfigError(f"unknown_outcome must be 'resend' or 'skip', got {unknown_outcome!r}")

@@ -8,13 +8,15 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from pagent_provider.core import defaults
+
 
 def read_sql_chunks(
     engine: sa.Engine,
     sql: str,
     parameters: Mapping[str, Any] | None = None,
     *,
-    chunksize: int = 10_000,
+    chunksize: int = defaults.CHUNKSIZE,
 ) -> Iterator[pd.DataFrame]:
     """Yield the result of ``sql`` in DataFrames of at most ``chunksize`` rows.
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from pagent_provider.core import defaults
 from pagent_provider.core.batching import batched
 from pagent_provider.core.delivery import BatchOutcome, PendingEvent, V1Sender, deliver_batch
 from pagent_provider.core.events import MAX_EVENTS_PER_REQUEST
@@ -45,8 +46,8 @@ class SyncOptions:
         reject_examples: how many reasons the failure message and the log list.
     """
 
-    batch_size: int = MAX_EVENTS_PER_REQUEST
-    max_workers: int = 4
+    batch_size: int = defaults.BATCH_SIZE
+    max_workers: int = defaults.MAX_WORKERS
     max_invalid_rows: int = 0
     dry_run: bool = False
     progress_interval_s: float = 30.0

@@ -32,6 +32,7 @@ import tenacity
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
+from pagent_provider.core import defaults
 from pagent_provider.exceptions import (
     PagentAuthError,
     PagentConfigError,
@@ -60,11 +61,11 @@ class RetryPolicy:
         read_timeout_s: time allowed for the answer once the request is sent.
     """
 
-    max_retries: int = 5
+    max_retries: int = defaults.MAX_RETRIES
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 60.0
     connect_timeout_s: float = 10.0
-    read_timeout_s: float = 30.0
+    read_timeout_s: float = defaults.READ_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:

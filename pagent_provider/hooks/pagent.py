@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowFailException
 
+from pagent_provider.core import defaults
 from pagent_provider.core.client import DEFAULT_BASE_URL, PagentClient
 from pagent_provider.core.transport import RetryPolicy
 from pagent_provider.exceptions import PagentConfigError, PagentFatalError
@@ -82,7 +83,7 @@ class PagentHook(BaseHook):
     """
 
     conn_name_attr = "pagent_conn_id"
-    default_conn_name = "pagent_default"
+    default_conn_name = defaults.PAGENT_CONN_ID
     conn_type = "pagent"
     hook_name = "Pagent"
 

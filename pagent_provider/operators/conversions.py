@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from airflow.providers.common.sql.operators.sql import BaseSQLOperator
 
+from pagent_provider.core import defaults
 from pagent_provider.core.ledger import Ledger, UnknownOutcomePolicy
 from pagent_provider.core.owner import ClaimOwner
 from pagent_provider.core.reading import read_sql_chunks
@@ -78,26 +79,26 @@ class ConversionsOperator(BaseSQLOperator):
         sql: str,
         conn_id: str,
         parameters: Mapping[str, Any] | None = None,
-        pagent_conn_id: str = PagentHook.default_conn_name,
+        pagent_conn_id: str = defaults.PAGENT_CONN_ID,
         columns: Mapping[str, str] | None = None,
         properties_columns: Sequence[str] | None = None,
         key_column: str | None = None,
-        revenue_unit: Literal["dollars", "cents"] = "dollars",
-        timezone: str = "UTC",
+        revenue_unit: Literal["dollars", "cents"] = defaults.REVENUE_UNIT,  # type: ignore[assignment]
+        timezone: str = defaults.TIMEZONE,
         label: str | None = None,
         conversion_id: str | None = None,
         require_time: bool = True,
         max_invalid_rows: int = 0,
-        batch_size: int = 100,
-        max_workers: int = 4,
-        chunksize: int = 10_000,
+        batch_size: int = defaults.BATCH_SIZE,
+        max_workers: int = defaults.MAX_WORKERS,
+        chunksize: int = defaults.CHUNKSIZE,
         dry_run: bool = False,
         use_ledger: bool = True,
         ledger_conn_id: str | None = None,
-        ledger_table: str = "pagent_ledger",
+        ledger_table: str = defaults.LEDGER_TABLE,
         ledger_namespace: str | None = None,
-        unknown_outcome: UnknownOutcomePolicy = "resend",
-        claim_timeout: float = 600.0,
+        unknown_outcome: UnknownOutcomePolicy = defaults.UNKNOWN_OUTCOME,  # type: ignore[assignment]
+        claim_timeout: float = defaults.CLAIM_TIMEOUT_S,
         **kwargs: Any,
     ) -> None:
         super().__init__(conn_id=conn_id, **kwargs)
