@@ -1,0 +1,89 @@
+"""Reading the values of a column: dtype kinds, missing-value masks, int and
+float arrays, and the decimal context shared by the converters.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Context, Decimal
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+_INT64_MAX = 2**63 - 1
+_INT64_MIN = -(2**63)
+
+# Our own decimal context: the thread's default one could have been changed by
+# the user (precision, rounding), and the result must not depend on that.
+_DECIMAL = Context(prec=60, rounding=ROUND_HALF_UP)
+_ONE = Decimal(1)
+
+
+# --------------------------------------------------------------------------
+# Small shared helpers
+# --------------------------------------------------------------------------
+
+
+def _column_kind(dtype: Any) -> str:
+    """Classify a dtype as bool, int, float, datetime, text or object.
+
+    Nullable ``boolean``/``Int64``/``Float64`` fall into the same kinds as
+    their numpy counterparts; anything else (categorical, timedelta, ...) goes
+    the per-element ``object`` way, which rejects what it cannot use.
+    """
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "int"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "datetime"
+    if isinstance(dtype, pd.StringDtype):
+        return "text"
+    return "object"
+
+
+def _missing(values: pd.Series) -> np.ndarray:
+    return values.isna().to_numpy(dtype=bool)
+
+
+def _is_missing_scalar(value: Any) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    if isinstance(value, float | np.floating):
+        return bool(np.isnan(value))
+    if isinstance(value, Decimal):
+        return value.is_nan()
+    if isinstance(value, np.datetime64 | np.timedelta64):
+        return bool(np.isnat(value))
+    return False
+
+
+def _int_array(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (int64 values, missing mask, too-large mask) of an integer column.
+
+    uint64 values beyond int64 cannot be represented; they are flagged rather
+    than wrapped around.
+    """
+    missing = _missing(values)
+    numpy_dtype = np.dtype(getattr(values.dtype, "numpy_dtype", values.dtype))
+    raw = values.to_numpy(dtype=numpy_dtype, na_value=0)
+    too_large = np.zeros(len(raw), dtype=bool)
+    if numpy_dtype.kind == "u":
+        too_large = raw > np.uint64(_INT64_MAX)
+        raw = np.where(too_large, 0, raw)
+    return raw.astype(np.int64), missing, too_large
+
+
+def _float_array(values: pd.Series) -> np.ndarray:
+    """Return a float64 array (NaN where missing) of a float column.
+
+    float32 values go through their shortest text: the float64 nearest to
+    that text is the value as written (19.99f stays 19.99, not 19.9899997...).
+    """
+    numpy_dtype = np.dtype(getattr(values.dtype, "numpy_dtype", values.dtype))
+    raw = values.to_numpy(dtype=numpy_dtype, na_value=np.nan)
+    if numpy_dtype.itemsize < 8:
+        return raw.astype(str).astype(np.float64)
+    return raw.astype(np.float64, copy=False)

@@ -1,0 +1,30 @@
+"""The reasons of invalid rows: the reasons arrays and the rendering of a value
+in a reason message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def _new_reasons(size: int) -> np.ndarray:
+    return np.full(size, None, dtype=object)
+
+
+def _add_reasons(reasons: np.ndarray, mask: np.ndarray, message: Callable[[int], str]) -> None:
+    """Write ``message(i)`` for each masked row that has no reason yet.
+
+    Runs per invalid row only, which are few; the first problem found wins.
+    """
+    for i in np.flatnonzero(mask):
+        if reasons[i] is None:
+            reasons[i] = message(int(i))
+
+
+def _shown(value: Any) -> str:
+    """A short, unambiguous rendering of a value for a reason message."""
+    text = repr(value.item() if isinstance(value, np.generic) else value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,231 @@
+"""The whole chunk: :func:`transform_chunk` runs the converters over a chunk and
+assembles the events of the valid rows and the rejects of the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pagent_provider.core.transform._converted import Converted
+from pagent_provider.core.transform._reasons import _add_reasons, _new_reasons
+from pagent_provider.core.transform.config import (
+    EVENT_FIELDS,
+    RowReject,
+    TransformConfig,
+    TransformedChunk,
+    _constant_for,
+    check_columns,
+)
+from pagent_provider.core.transform.ids import ids_to_strings
+from pagent_provider.core.transform.properties import gather_properties, properties_to_json_objects
+from pagent_provider.core.transform.revenue import revenue_to_cents
+from pagent_provider.core.transform.times import _now_ms, time_to_unix_ms
+
+_CONVERSION_ID_NULL = (
+    "conversion_id is NULL: the goal label matched no configured goal "
+    '(_pgnt.variables("label") returned conversion_id null); check the label in '
+    "pagent's Tracking settings, or set conversion_id in the transform config to the goal's UUID"
+)
+
+
+# --------------------------------------------------------------------------
+# The whole chunk
+# --------------------------------------------------------------------------
+
+_MISSING_REQUIRED = {
+    "session_id": (
+        "session_id is NULL; pagent cannot attribute the conversion to a browser session without it: "
+        "store the session_id from _pgnt.variables() with the order, or filter such rows out in the query"
+    ),
+    "user_id": (
+        "user_id is NULL; pagent requires it: store the user_id from _pgnt.variables() with the order, "
+        "or filter such rows out in the query"
+    ),
+    "conversion_id": _CONVERSION_ID_NULL,
+}
+_MISSING_TIME = (
+    "time is NULL; pagent would stamp the event with the upload time and attribute the conversion "
+    "to the wrong period: select the conversion time column (or set require_time=False to accept that)"
+)
+_PROPERTIES_CONFLICT = (
+    "properties column holds an array, which cannot be merged with properties_columns; "
+    "store an object in the properties column or drop properties_columns"
+)
+
+
+def transform_chunk(
+    df: pd.DataFrame,
+    config: TransformConfig,
+    *,
+    row_offset: int = 0,
+    now_ms: int | None = None,
+) -> TransformedChunk:
+    """Turn one chunk of query rows into pagent v1 events and rejects.
+
+    Rows are checked field by field in a fixed order (key column, then
+    session_id, user_id, conversion_id, label, revenue, time, properties);
+    the first problem of a row becomes its :class:`RowReject`. Output keeps
+    the input order.
+
+    Args:
+        df: the chunk; its index is ignored (rows are taken by position).
+        config: the transform configuration.
+        row_offset: number of rows in earlier chunks, so that unkeyed rejects
+            name their row across the whole result.
+        now_ms: the current time in Unix milliseconds (default: the clock),
+            for the "not in the future" check.
+
+    Returns:
+        The events of the valid rows, their keys, and the rejects.
+
+    Raises:
+        PagentConfigError: when a needed column is missing.
+    """
+    check_columns(list(df.columns), config)
+    size = len(df)
+    now = _now_ms() if now_ms is None else int(now_ms)
+    checks: list[tuple[str, np.ndarray]] = []  # (field for the reject, reasons) in checking order
+    fields: dict[str, Any] = {}  # event field -> object array of values, or a constant str
+
+    keys = None
+    if config.key_column is not None:
+        keys = _key_values(df[config.key_column], config.key_column, checks)
+    for id_field in ("session_id", "user_id", "conversion_id", "label"):
+        constant = _constant_for(config, id_field)
+        if constant is not None:
+            fields[id_field] = constant
+        elif config.column_for(id_field) in df.columns:
+            fields[id_field] = _id_values(df[config.column_for(id_field)], id_field, checks)
+    if config.column_for("revenue") in df.columns:
+        converted = revenue_to_cents(df[config.column_for("revenue")], config.revenue_unit)
+        fields["revenue"] = _collect(converted, "revenue", checks)
+    if config.column_for("time") in df.columns:
+        fields["time"] = _time_values(df[config.column_for("time")], config, now, checks)
+    properties = _properties_values(df, config, checks)
+    if properties is not None:
+        fields["properties"] = properties
+
+    invalid, reject_field, reject_reason = _first_problems(size, checks)
+    valid_positions = np.flatnonzero(~invalid)
+    events = _assemble_events(fields, valid_positions)
+    rejects = [
+        RowReject(
+            row=keys[i] if keys is not None and keys[i] is not None else f"row {row_offset + i}",
+            field=reject_field[i],
+            reason=reject_reason[i],
+        )
+        for i in np.flatnonzero(invalid).tolist()
+    ]
+    event_keys = keys[valid_positions].tolist() if keys is not None else None
+    return TransformedChunk(events=events, keys=event_keys, rejects=rejects, rows=size)
+
+
+def _collect(
+    converted: Converted,
+    event_field: str,
+    checks: list[tuple[str, np.ndarray]],
+    *,
+    missing_reason: str | None = None,
+) -> np.ndarray:
+    """Record the reasons of a converted column (plus one for missing values, if given); return its values."""
+    values = converted.values.to_numpy(dtype=object)
+    reasons = converted.reasons.to_numpy(dtype=object, copy=True)
+    if missing_reason is not None:
+        # Missing: no value and no reason of its own.
+        _add_reasons(reasons, np.equal(values, None), lambda i: missing_reason)
+    checks.append((event_field, reasons))
+    return values
+
+
+def _key_values(values: pd.Series, column: str, checks: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    return _collect(
+        ids_to_strings(values, field=f"key column {column!r}"),
+        column,
+        checks,
+        missing_reason=(
+            f"key column {column!r} is NULL; every row needs a stable unique key so that it is sent exactly once"
+        ),
+    )
+
+
+def _id_values(values: pd.Series, id_field: str, checks: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    converted = ids_to_strings(values, field=id_field)
+    return _collect(converted, id_field, checks, missing_reason=_MISSING_REQUIRED.get(id_field))
+
+
+def _time_values(
+    values: pd.Series, config: TransformConfig, now_ms: int, checks: list[tuple[str, np.ndarray]]
+) -> np.ndarray:
+    converted = time_to_unix_ms(values, config.timezone, now_ms=now_ms)
+    return _collect(converted, "time", checks, missing_reason=_MISSING_TIME if config.require_time else None)
+
+
+def _properties_values(
+    df: pd.DataFrame, config: TransformConfig, checks: list[tuple[str, np.ndarray]]
+) -> np.ndarray | None:
+    column = config.column_for("properties")
+    from_column = None
+    if column in df.columns:
+        from_column = _collect(properties_to_json_objects(df[column]), "properties", checks)
+    if not config.properties_columns:
+        return from_column
+    gathered = _collect(gather_properties(df, config.properties_columns), "properties", checks)
+    if from_column is None:
+        return gathered
+    return _merge_properties(from_column, gathered, checks)
+
+
+def _merge_properties(
+    from_column: np.ndarray, gathered: np.ndarray, checks: list[tuple[str, np.ndarray]]
+) -> np.ndarray:
+    """The column's object updated with the gathered columns (per row: dicts)."""
+    merged = np.empty(len(gathered), dtype=object)
+    conflicts = _new_reasons(len(gathered))
+    for i, (own, extra) in enumerate(zip(from_column, gathered, strict=True)):
+        if isinstance(own, list):
+            conflicts[i] = _PROPERTIES_CONFLICT
+        merged[i] = {**own, **extra} if isinstance(own, dict) else extra
+    checks.append(("properties", conflicts))
+    return merged
+
+
+def _first_problems(size: int, checks: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, list[Any], list[Any]]:
+    """Per row: whether it is invalid, and the field and reason of its first problem."""
+    invalid = np.zeros(size, dtype=bool)
+    reject_field: list[Any] = [None] * size
+    reject_reason: list[Any] = [None] * size
+    for event_field, reasons in checks:
+        new = ~np.equal(reasons, None) & ~invalid
+        for i in np.flatnonzero(new).tolist():
+            reject_field[i] = event_field
+            reject_reason[i] = reasons[i]
+        invalid |= new
+    return invalid, reject_field, reject_reason
+
+
+def _assemble_events(fields: dict[str, Any], positions: np.ndarray) -> list[dict[str, Any]]:
+    """Build the event dicts of the rows at ``positions``, leaving out fields without a value.
+
+    The dicts are filled one field at a time, each field in one pass over its
+    values: about twice as fast as ``dict(zip(names, row))`` per row (no pair
+    tuples), and a missing optional value is skipped by selecting the rows
+    that have one instead of testing every value.
+    """
+    events: list[dict[str, Any]] = [{} for _ in range(len(positions))]
+    targets = np.empty(len(events), dtype=object)  # the same dicts, for selecting rows with numpy
+    targets[:] = events
+    for name in (name for name in EVENT_FIELDS if name in fields):
+        value = fields[name]
+        if isinstance(value, str):  # a constant from the config
+            for event in events:
+                event[name] = value
+            continue
+        values = value[positions]
+        present = ~np.equal(values, None)
+        rows = events if present.all() else targets[present].tolist()
+        for event, item in zip(rows, values[present].tolist(), strict=True):
+            event[name] = item
+    return events
