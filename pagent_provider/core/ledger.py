@@ -116,6 +116,13 @@ class RejectRecord:
     event_key: str | None = None
 
 
+def _inserted_if_all(rows: Sequence[dict[str, object]], rowcount: int) -> set[tuple[str, str]] | None:
+    """Every row's ``(key, claim id)`` when a count-only insert inserted them all, else ``None`` (look up)."""
+    if rowcount != len(rows):
+        return None
+    return {(str(row["event_key"]), str(row["claim_id"])) for row in rows}
+
+
 def _table_parts(table_name: str) -> tuple[str | None, str]:
     schema, _, name = table_name.rpartition(".")
     for part in filter(None, (schema, name)):
@@ -392,8 +399,7 @@ class Ledger:
         if result.returns_rows:
             return {(row[0], row[1]) for row in result}
         # MySQL/MariaDB's INSERT IGNORE reports only a count
-        every_row = {(str(row["event_key"]), str(row["claim_id"])) for row in rows}
-        return every_row if result.rowcount == len(rows) else None
+        return _inserted_if_all(rows, result.rowcount)
 
     def _insert_on_sqlite(self, conn: sa.Connection, rows: list[dict[str, object]]) -> set[tuple[str, str]] | None:
         # sqlite3's own executemany, with the statement compiled once to text and
@@ -407,8 +413,7 @@ class Ledger:
         sql, names = self._sqlite_claim
         as_tuple = operator.itemgetter(*names)
         result = conn.exec_driver_sql(sql, [as_tuple(row) for row in rows])
-        every_row = {(str(row["event_key"]), str(row["claim_id"])) for row in rows}
-        return every_row if result.rowcount == len(rows) else None
+        return _inserted_if_all(rows, result.rowcount)
 
     def _build_claim_statement(self) -> sa.Insert | None:
         # One statement, compiled once and run with a list of rows (executemany):

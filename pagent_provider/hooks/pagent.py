@@ -14,6 +14,7 @@ from pagent_provider.core import defaults
 from pagent_provider.core.client import DEFAULT_BASE_URL, PagentClient
 from pagent_provider.core.transport import RetryPolicy
 from pagent_provider.exceptions import PagentConfigError, PagentFatalError
+from pagent_provider.get_provider_info import get_provider_info
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -97,11 +98,13 @@ class PagentHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Connection form for Airflow < 3.2 (newer versions read ``get_provider_info()``)."""
+        """Connection form for Airflow < 3.2 (newer versions read ``get_provider_info()``, its one source)."""
+        [connection_type] = get_provider_info()["connection-types"]
+        behaviour = connection_type["ui-field-behaviour"]
         return {
-            "hidden_fields": ["schema", "login", "port", "extra"],
-            "relabeling": {"host": "Base URL", "password": "API key"},
-            "placeholders": {"host": DEFAULT_BASE_URL, "password": "the key from Settings > API Keys"},
+            "hidden_fields": behaviour["hidden-fields"],
+            "relabeling": behaviour["relabeling"],
+            "placeholders": behaviour["placeholders"],
         }
 
     @functools.cached_property
