@@ -95,6 +95,72 @@ class PagentUnknownOutcomeError(PagentError):
     """
 
 
+class PagentUnacknowledgedError(PagentUnknownOutcomeError):
+    """pagent answered 2xx, but the body does not acknowledge every event sent.
+
+    Only a JSON body whose ``accepted`` equals the number of events sent is an
+    acknowledgement. A body that is not JSON (an HTML page), has no
+    ``accepted``, counts fewer (or more) events, or carries an ``error`` proves
+    nothing either way: the events are recorded as ``unknown``.
+
+    Attributes:
+        status_code: the 2xx status.
+        accepted: the ``accepted`` value the body held, or ``None``.
+        expected: how many events the request carried.
+    """
+
+    def __init__(self, message: str, *, status_code: int, accepted: object, expected: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.accepted = accepted
+        self.expected = expected
+
+
+class PagentRedirectError(PagentConfigError):
+    """pagent's base URL answered a redirect (3xx); redirects are never followed.
+
+    ``requests`` would turn a redirected POST into a bodyless GET (301/302/303)
+    or re-post the events to another host (307/308). Fix the connection's host.
+
+    Attributes:
+        status_code: the 3xx status.
+        location: the ``Location`` header (credentials removed), or ``None``.
+    """
+
+    def __init__(self, message: str, *, status_code: int, location: str | None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.location = location
+
+
+class PagentLedgerError(PagentFatalError):
+    """The ledger cannot keep its promise here: fix the ledger's database or table first.
+
+    Raised for a key column that does not compare byte-exactly, a table made by
+    an older version that needs migrating, a database that does not enforce
+    primary keys, or a claim result the engine cannot account for.
+    """
+
+
+class PagentLedgerUnavailableError(PagentRetriableError):
+    """A ledger write kept failing (database locked, connection dropped) after every retry."""
+
+
+class PagentClaimedElsewhereError(PagentRetriableError):
+    """Rows of this run are held by another live run and were not confirmed sent in time.
+
+    This run cannot vouch for them, so it fails; the next try checks them again.
+    """
+
+
+class PagentInterruptedError(PagentError):
+    """The sync was stopped by a signal (SIGINT, SIGTERM, or Airflow's ``on_kill``).
+
+    The batches in flight were drained and recorded before it was raised; a
+    later run continues where this one stopped.
+    """
+
+
 class PagentDeliveryError(PagentFatalError):
     """A sync finished, but not everything could be delivered (too many invalid or refused rows)."""
 

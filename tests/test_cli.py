@@ -293,9 +293,20 @@ def test_rows_refused_by_pagent_beyond_the_limit_fail(
     assert result.returncode == 1
     summary = parse_json(result.stdout)
     assert summary["status"] == "failed"
-    assert summary["rejected"] == ROWS // 50 and summary["sent"] == ROWS - ROWS // 50
+    # past the limit (2) the next refused request is not bisected: its rows are released, not sent
+    assert summary["rejected"] == 3 and summary["failed"] > 0
     assert "refused" in summary["error"] and "refused" in result.stderr
-    assert len(pagent_emulator.events()) == ROWS - ROWS // 50
+    assert len(pagent_emulator.events()) == summary["sent"] <= ROWS - 3 - summary["failed"]
+
+    # with room for every refused row, a re-run delivers exactly what was left
+    rerun = run_cli(
+        sync_args(pagent_emulator, warehouse, "--max-invalid-rows", "10", "--json"),
+        cwd=tmp_path,
+        no_airflow=no_airflow_path,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    stored = [event["properties"]["order_id"] for event in pagent_emulator.events()]
+    assert len(stored) == len(set(stored)) == ROWS - ROWS // 50
 
 
 def test_refused_key_during_sync_exits_3(

@@ -11,7 +11,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 #: pagent refused the API key (401/403).
 EXIT_AUTH = 3
-#: Stopped by Ctrl-C (128 + SIGINT, the shell convention).
+#: Stopped by Ctrl-C or SIGTERM (128 + SIGINT, the shell convention), after draining the requests in flight.
 EXIT_INTERRUPTED = 130
 
 

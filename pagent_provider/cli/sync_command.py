@@ -33,9 +33,10 @@ from pagent_provider.core.delivery import V1Sender
 from pagent_provider.core.ledger import Ledger
 from pagent_provider.core.owner import ClaimOwner
 from pagent_provider.core.reading import read_sql_chunks
+from pagent_provider.core.stopping import stop_gracefully_on
 from pagent_provider.core.sync import ConversionSync, SyncOptions
 from pagent_provider.core.transform import TransformConfig
-from pagent_provider.exceptions import PagentAuthError, PagentConfigError, PagentError
+from pagent_provider.exceptions import PagentAuthError, PagentConfigError, PagentError, PagentInterruptedError
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,10 @@ def run_sync(args: argparse.Namespace, line: StatusLine) -> int:
         # query's connection checked out, and dispose() only closes idle ones.
         cleanup.callback(chunks.close)
         try:
-            error = execute_sync(sync, chunks, line)
-        except KeyboardInterrupt:
+            # SIGTERM (cron, systemd, Kubernetes, docker stop) stops exactly as Ctrl-C does
+            with stop_gracefully_on(sync.request_stop):
+                error = execute_sync(sync, chunks, line)
+        except KeyboardInterrupt:  # a second signal while stopping
             print_summary(summary_document(sync.summary.as_dict(), "interrupted"), args.json)
             print(f"{PROG} sync: interrupted; run it again to continue where it stopped", file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -90,6 +93,9 @@ def run_sync(args: argparse.Namespace, line: StatusLine) -> int:
     print_summary(summary_document(sync.summary.as_dict(), message), args.json)
     if error is None:
         return EXIT_OK
+    if isinstance(error, PagentInterruptedError):
+        print(f"{PROG} sync: interrupted: {message}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"{PROG} sync: failed: {message}", file=sys.stderr)
     return exit_code_for(error)
 
@@ -336,6 +342,6 @@ def create_engine(url: str, *, option: str, must_exist: bool) -> sa.Engine:
 class DryRunSender:
     """Stands in for the pagent client in a dry run, where the engine never sends (and no key is needed)."""
 
-    def send_encoded_v1(self, body: bytes) -> dict[str, Any]:
+    def send_encoded_v1(self, body: bytes, count: int) -> dict[str, Any]:
         """Never called in a dry run; refuses loudly if it ever is."""
         raise RuntimeError("a dry run must not send anything")

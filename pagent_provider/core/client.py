@@ -12,13 +12,16 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from pagent_provider.core.events import validate_v1_events, validate_v2_event, validate_v2_events
+from pagent_provider.core.redaction import Redactor
 from pagent_provider.core.transport import MaskedHeaders, RetryPolicy, Transport, build_session
 from pagent_provider.exceptions import (
     PagentAuthError,
     PagentConfigError,
     PagentError,
+    PagentUnexpectedResponseError,
     PagentValidationError,
 )
 
@@ -43,10 +46,13 @@ class ApiKey:
         stripped = value.strip()
         if stripped != value:
             log.warning("the pagent API key had leading or trailing whitespace; it was removed")
-        if any(char.isspace() or not char.isprintable() for char in stripped):
+        # Printable ASCII only: anything else cannot travel in an HTTP header, and
+        # http.client's UnicodeEncodeError would quote the whole header, key included.
+        # The message never repeats the key, nor the offending character.
+        if not all("!" <= char <= "~" for char in stripped):
             raise PagentConfigError(
-                "the pagent API key contains spaces, newlines or control characters; "
-                "copy it again from Settings > API Keys"
+                "the pagent API key holds characters other than printable ASCII (spaces, newlines, "
+                "control or non-ASCII characters); copy it again from Settings > API Keys"
             )
         self._value = stripped
 
@@ -101,7 +107,8 @@ class PagentClient:
                 "User-Agent": "airflow-provider-pagent",
             }
         )
-        self.transport = Transport(self._session, self._headers, self.policy)
+        self.redact = Redactor([self._key.reveal()])
+        self.transport = Transport(self._session, self._headers, self.policy, redact=self.redact)
 
     def __repr__(self) -> str:
         return f"PagentClient(base_url={self.base_url!r}, api_key=***)"
@@ -117,12 +124,20 @@ class PagentClient:
         self._session.close()
 
     def send_conversions(self, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """POST 1 to 100 v1 events to ``/v1/conversions``; returns ``{"accepted": n}``."""
-        return self.send_encoded_v1(encode_json({"events": validate_v1_events(events)}))
+        """POST 1 to 100 v1 events to ``/v1/conversions``; returns ``{"accepted": n}``.
 
-    def send_encoded_v1(self, body: bytes) -> dict[str, Any]:
-        """POST an already validated and encoded v1 body (the sync engine's fast path)."""
-        return self.transport.post(self.base_url + V1_PATH, body)
+        Raises:
+            PagentValidationError: an event breaks the documented rules (nothing was sent),
+                or pagent refused the request (400, 413).
+            PagentUnacknowledgedError: pagent answered 2xx without acknowledging every event.
+            PagentError: see :meth:`Transport.post <pagent_provider.core.transport.Transport.post>`.
+        """
+        validated = validate_v1_events(events)
+        return self.send_encoded_v1(encode_json({"events": validated}), len(validated))
+
+    def send_encoded_v1(self, body: bytes, count: int) -> dict[str, Any]:
+        """POST an already validated and encoded v1 body of ``count`` events (the sync engine's fast path)."""
+        return self.transport.post(self.base_url + V1_PATH, body, count)
 
     def send_conversion_v2(
         self,
@@ -150,12 +165,12 @@ class PagentClient:
             "properties": properties,
             "time": time,
         }
-        return self.transport.post(self.base_url + V2_PATH, encode_json(validate_v2_event(event)))
+        return self.transport.post(self.base_url + V2_PATH, encode_json(validate_v2_event(event)), 1)
 
     def send_conversions_v2_bulk(self, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """POST 1 to 100 v2 events (``{session_data, label?, revenue?, properties?, time?}``)."""
-        body = encode_json({"events": validate_v2_events(events)})
-        return self.transport.post(self.base_url + V2_BULK_PATH, body)
+        validated = validate_v2_events(events)
+        return self.transport.post(self.base_url + V2_BULK_PATH, encode_json({"events": validated}), len(validated))
 
     def verify_api_key(self) -> None:
         """Check the key and the base URL without recording a conversion; one attempt, no retries.
@@ -167,11 +182,22 @@ class PagentClient:
             PagentAuthError: the key was refused.
             PagentError: pagent could not be reached or answered unexpectedly.
         """
-        single_try = Transport(self._session, self._headers, dataclasses.replace(self.policy, max_retries=0))
+        single_try = Transport(
+            self._session,
+            self._headers,
+            dataclasses.replace(self.policy, max_retries=0),
+            redact=self.redact,
+            watchdog=self.transport.watchdog,
+        )
         try:
-            single_try.post(self.base_url + V1_PATH, encode_json({"events": []}))
+            single_try.post(self.base_url + V1_PATH, encode_json({"events": []}), None)
         except PagentValidationError:
             return  # the empty batch was refused, which means the key was accepted
+        # pagent refuses an empty batch; whatever accepted it is not pagent's ingest API
+        raise PagentUnexpectedResponseError(
+            f"{self.base_url} accepted an empty batch of events, which pagent's ingest API refuses: "
+            "the connection's host does not point at pagent (e.g. https://ingest.pagent.ai)"
+        )
 
     def check_api_key(self) -> tuple[bool, str]:
         """:meth:`verify_api_key` as ``(ok, message)``, as Airflow's connection test wants it. Never raises."""
@@ -182,13 +208,32 @@ class PagentClient:
         except PagentError as error:
             return False, f"Could not check the key at {self.base_url}: {error}"
         except Exception as error:  # noqa: BLE001 - a connection test reports, it never raises
-            return False, f"Could not check the key at {self.base_url}: {type(error).__name__}: {error}"
+            return False, f"Could not check the key at {self.base_url}: {type(error).__name__}: {self.redact(error)}"
         return True, f"Connected to {self.base_url}: the API key is valid"
 
 
 def normalize_base_url(base_url: str) -> str:
-    """``https://ingest.pagent.ai/`` -> ``https://ingest.pagent.ai``; refuses URLs without a scheme."""
+    """``https://ingest.pagent.ai/`` -> ``https://ingest.pagent.ai``.
+
+    Raises:
+        PagentConfigError: no ``http(s)://`` scheme; ``user:password@`` in the URL
+            (requests would silently send Basic auth from it instead of the Bearer
+            key); a query or fragment (the endpoint paths are appended to the URL).
+            The message never repeats the credentials.
+    """
     url = (base_url or DEFAULT_BASE_URL).strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise PagentConfigError(f"the pagent base URL must start with http:// or https://, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise PagentConfigError("the pagent base URL is not a valid URL (check its host and port)") from None
+    if "@" in parts.netloc:
+        raise PagentConfigError(
+            "the pagent base URL carries credentials (user:password@host): remove them; "
+            "the API key belongs in the connection's password"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PagentConfigError(f"the pagent base URL must start with http:// or https:// and name a host, got {url!r}")
+    if parts.query or parts.fragment:
+        raise PagentConfigError(f"the pagent base URL must not carry a query or fragment, got {url!r}")
     return url

@@ -19,3 +19,5 @@ UNKNOWN_OUTCOME = "resend"
 CLAIM_TIMEOUT_S = 600.0
 MAX_RETRIES = 5
 READ_TIMEOUT_S = 30.0
+#: How long a run waits, at its end, for rows another live run is sending.
+CLAIMED_ELSEWHERE_WAIT_S = 60.0

@@ -1,19 +1,28 @@
 """Delivering one batch: send it, and when pagent refuses it, find the rows it refuses.
 
-A 400 on a batch whose events all passed client-side validation means the
-server refuses some of them. Bisection isolates those with ``O(r log n)``
-extra requests for ``r`` refused rows, delivers the rest, and keeps the
-server's message for each refused row.
+A 400 (or 413, payload too large) on a batch whose events all passed
+client-side validation means the server refuses some of them. Bisection
+isolates those with ``O(r log n)`` extra requests for ``r`` refused rows,
+delivers the rest, and keeps the server's message for each refused row. A
+:class:`RefusalBudget` shared by every sender bounds it: once more rows than
+``max_invalid_rows`` were refused, nothing is bisected any more (a server that
+refuses everything would otherwise cost two requests per row).
+
+Only an acknowledgement (see
+:func:`~pagent_provider.core.transport.acknowledgement`) makes events ``sent``.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pagent_provider.core.encoding import v1_body
 from pagent_provider.exceptions import (
+    PagentDeliveryError,
     PagentError,
+    PagentUnacknowledgedError,
     PagentUnknownOutcomeError,
     PagentValidationError,
 )
@@ -22,7 +31,41 @@ from pagent_provider.exceptions import (
 class V1Sender(Protocol):
     """Anything that POSTs an encoded v1 body, such as :class:`~pagent_provider.core.client.PagentClient`."""
 
-    def send_encoded_v1(self, body: bytes) -> dict[str, Any]: ...
+    def send_encoded_v1(self, body: bytes, count: int) -> dict[str, Any]:
+        """POST ``body`` holding ``count`` events; return the acknowledgement or raise."""
+        ...
+
+
+class RefusalBudget:
+    """How many rows pagent may refuse before the sync stops bisecting; shared by every sender.
+
+    Args:
+        limit: the sync's ``max_invalid_rows``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._refused = 0
+        self._lock = threading.Lock()
+
+    def refuse(self) -> None:
+        """Count one refused row."""
+        with self._lock:
+            self._refused += 1
+
+    @property
+    def exhausted(self) -> bool:
+        """True once more rows than the limit were refused."""
+        with self._lock:
+            return self._refused > self.limit
+
+    def error(self) -> PagentDeliveryError:
+        """The error that stops the sync once the budget is spent."""
+        return PagentDeliveryError(
+            f"pagent refused more than max_invalid_rows={self.limit} rows; stopped sending so as not to "
+            "bisect every batch (the refused rows and their reasons are in the rejects table). "
+            "Fix the rows, or raise max_invalid_rows"
+        )
 
 
 @dataclass(frozen=True)
@@ -57,32 +100,37 @@ class BatchOutcome:
     error: BaseException | None = None
 
 
-def deliver_batch(sender: V1Sender, events: list[PendingEvent], claim_id: str | None) -> BatchOutcome:
-    """Send ``events`` as one v1 request, bisecting on 400; never raises.
+def deliver_batch(
+    sender: V1Sender, events: list[PendingEvent], claim_id: str | None, budget: RefusalBudget | None = None
+) -> BatchOutcome:
+    """Send ``events`` as one v1 request, bisecting on 400/413; never raises.
 
-    Once a request fails for a reason other than a 400 (auth, rate limit
-    exhausted, server down, unknown outcome), the rest of the batch is not
-    sent and is reported as failed.
+    Once a request fails for a reason other than a refusal (auth, rate limit
+    exhausted, server down, unknown outcome, an answer that is not an
+    acknowledgement), the rest of the batch is not sent and is reported as
+    failed. ``budget`` bounds the bisection (unbounded when ``None``).
     """
     outcome = BatchOutcome(claim_id=claim_id)
-    _deliver_into(sender, events, outcome)
+    _deliver_into(sender, events, outcome, budget or RefusalBudget(len(events)))
     return outcome
 
 
-def _deliver_into(sender: V1Sender, events: list[PendingEvent], outcome: BatchOutcome) -> None:
+def _deliver_into(sender: V1Sender, events: list[PendingEvent], outcome: BatchOutcome, budget: RefusalBudget) -> None:
     if outcome.error is not None or outcome.unknown:
         outcome.failed.extend(events)  # stop sending once something went definitely wrong
         return
     outcome.requests += 1
     try:
-        answer = sender.send_encoded_v1(v1_body([event.encoded for event in events]))
+        answer = sender.send_encoded_v1(v1_body([event.encoded for event in events]), len(events))
     except PagentValidationError as error:
-        if len(events) == 1:
-            outcome.refused.append((events[0], error.server_message or str(error)))
-            return
-        middle = len(events) // 2
-        _deliver_into(sender, events[:middle], outcome)
-        _deliver_into(sender, events[middle:], outcome)
+        _bisect(sender, events, outcome, budget, error)
+        return
+    except PagentUnacknowledgedError as error:
+        # a 2xx that acknowledges nothing: those events' fate is unknown, and a
+        # server answering like this is not to be trusted with the next batch
+        outcome.unknown.extend(events)
+        outcome.unknown_reason = str(error)
+        outcome.error = error
         return
     except PagentUnknownOutcomeError as error:
         outcome.unknown.extend(events)
@@ -97,5 +145,26 @@ def _deliver_into(sender: V1Sender, events: list[PendingEvent], outcome: BatchOu
         outcome.error = error
         return
     outcome.sent.extend(events)
-    accepted = answer.get("accepted")
-    outcome.accepted += accepted if isinstance(accepted, int) else len(events)
+    outcome.accepted += answer["accepted"]
+
+
+def _bisect(
+    sender: V1Sender,
+    events: list[PendingEvent],
+    outcome: BatchOutcome,
+    budget: RefusalBudget,
+    error: PagentValidationError,
+) -> None:
+    if budget.exhausted:
+        outcome.failed.extend(events)
+        outcome.error = budget.error()
+        return
+    if len(events) == 1:
+        outcome.refused.append((events[0], error.server_message or str(error)))
+        # Past the limit the sync fails at its end anyway; what is left of it may
+        # still be delivered, but the next refused request is no longer bisected.
+        budget.refuse()
+        return
+    middle = len(events) // 2
+    _deliver_into(sender, events[:middle], outcome, budget)
+    _deliver_into(sender, events[middle:], outcome, budget)

@@ -8,8 +8,9 @@ both drive it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,19 +19,27 @@ import pandas as pd
 
 from pagent_provider.core import defaults
 from pagent_provider.core.batching import batched
-from pagent_provider.core.delivery import BatchOutcome, PendingEvent, V1Sender, deliver_batch
+from pagent_provider.core.delivery import BatchOutcome, PendingEvent, RefusalBudget, V1Sender, deliver_batch
 from pagent_provider.core.events import MAX_EVENTS_PER_REQUEST
 from pagent_provider.core.ledger import Ledger, RejectRecord
 from pagent_provider.core.preparation import ChunkPreparer, PreparedChunk, prepare_ahead
 from pagent_provider.core.transform import RowReject, TransformConfig
 from pagent_provider.exceptions import (
+    PagentClaimedElsewhereError,
     PagentConfigError,
     PagentDeliveryError,
     PagentError,
+    PagentInterruptedError,
     PagentUnknownOutcomeError,
 )
 
 log = logging.getLogger(__name__)
+
+KEY_COLUMN_WARNING = (
+    "key_column is not set: each event's ledger key is a hash of its content, so adding a property "
+    "column, a constant label or any other field changes every key and resends every row of history. "
+    "Set key_column to a stable unique id of the row (an order id)"
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,9 @@ class SyncOptions:
         dry_run: read, transform and validate everything, send nothing, write nothing.
         progress_interval_s: seconds between progress lines in the log.
         reject_examples: how many reasons the failure message and the log list.
+        claimed_elsewhere_wait_s: at the end of a run, how long to wait for rows
+            that another live run was sending to be confirmed sent (or released,
+            then sent by this run) before failing with a retriable error.
     """
 
     batch_size: int = defaults.BATCH_SIZE
@@ -52,6 +64,7 @@ class SyncOptions:
     dry_run: bool = False
     progress_interval_s: float = 30.0
     reject_examples: int = 10
+    claimed_elsewhere_wait_s: float = defaults.CLAIMED_ELSEWHERE_WAIT_S
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_EVENTS_PER_REQUEST:
@@ -60,6 +73,8 @@ class SyncOptions:
             raise PagentConfigError(f"max_workers must be at least 1, got {self.max_workers}")
         if self.max_invalid_rows < 0:
             raise PagentConfigError("max_invalid_rows must be 0 or more")
+        if self.claimed_elsewhere_wait_s < 0:
+            raise PagentConfigError("claimed_elsewhere_wait_s must be 0 or more seconds")
 
 
 @dataclass
@@ -73,6 +88,7 @@ class SyncSummary:
     already_sent: int = 0
     changed_after_send: int = 0
     claimed_elsewhere: int = 0
+    waited_for_elsewhere: int = 0
     unknown: int = 0
     unknown_resent: int = 0
     sent: int = 0
@@ -92,6 +108,10 @@ class SyncSummary:
     def describe(self) -> str:
         """One line for logs."""
         return ", ".join(f"{name}={value}" for name, value in self.as_dict().items() if name != "reject_examples")
+
+
+class _StopReading(Exception):
+    """Internal: leave the reading loop because the sync is stopping."""
 
 
 class ConversionSync:
@@ -120,6 +140,10 @@ class ConversionSync:
         self.log = logger or log
         self.summary = SyncSummary(dry_run=self.options.dry_run)
         self._new_unknown = 0
+        self._budget = RefusalBudget(self.options.max_invalid_rows)
+        self._elsewhere: dict[str, PendingEvent] = {}
+        self._stop_requested = threading.Event()
+        self._stop_reason = ""
         self._stop_error: BaseException | None = None
         self._answered = False
         self._window: list[list[PendingEvent]] = []
@@ -130,6 +154,16 @@ class ConversionSync:
         self._last_heartbeat = 0.0
 
     # --- public -----------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Stop gracefully: read and send nothing more, record the answers in flight, raise.
+
+        Safe to call from a signal handler or another thread. :meth:`run` then
+        raises :class:`~pagent_provider.exceptions.PagentInterruptedError`.
+        """
+        if not self._stop_requested.is_set():
+            self._stop_reason = reason
+            self._stop_requested.set()
 
     def run(self, chunks: Iterable[pd.DataFrame]) -> SyncSummary:
         """Sync every chunk; return the summary or raise with ``error.summary`` set.
@@ -143,12 +177,15 @@ class ConversionSync:
                 policy the next try resends them.
         """
         self._started = self._last_progress = self._last_heartbeat = time.monotonic()
+        if self.transform.key_column is None:
+            self.log.warning(KEY_COLUMN_WARNING)
         if self.ledger is not None and not self.options.dry_run:
             self.ledger.create_tables()
         try:
             with ThreadPoolExecutor(self.options.max_workers, thread_name_prefix="pagent-send") as pool:
                 try:
                     self._sync_chunks(chunks, pool)
+                    self._settle_claimed_elsewhere(pool)
                 finally:
                     # Whatever stopped the reading (a failing query, a ledger error,
                     # Ctrl-C), record the answers of the batches already on the wire:
@@ -168,6 +205,12 @@ class ConversionSync:
     def _sync_chunks(self, chunks: Iterable[pd.DataFrame], pool: ThreadPoolExecutor) -> None:
         preparer = ChunkPreparer(self.transform, self.ledger, dry_run=self.options.dry_run)
         prepared_chunks = prepare_ahead(chunks, preparer, poll_s=0.05, on_idle=self._while_reading)
+        try:
+            self._send_prepared(prepared_chunks, pool)
+        except _StopReading:
+            return
+
+    def _send_prepared(self, prepared_chunks: Iterator[PreparedChunk], pool: ThreadPoolExecutor) -> None:
         for prepared in prepared_chunks:
             self._count_prepared(prepared)
             for batch in batched(prepared.pending, self.options.batch_size):
@@ -177,18 +220,27 @@ class ConversionSync:
                 self._window.append(batch)
                 if len(self._window) >= self._window_size():
                     self._flush_window(pool)
-                if self._stop_error is not None:
-                    prepared_chunks.close()  # stops the helper thread
+                if self._stopping:
+                    prepared_chunks.close()  # type: ignore[attr-defined] # stops the helper thread
                     return
             self._flush_window(pool)  # the whole chunk goes out while the next one is read
             self._record_sent_claims()
             self._log_progress()
+            if self._stopping:
+                prepared_chunks.close()  # type: ignore[attr-defined]
+                return
+
+    @property
+    def _stopping(self) -> bool:
+        return self._stop_error is not None or self._stop_requested.is_set()
 
     def _while_reading(self) -> None:
         # Waiting for the next chunk (a slow warehouse): keep collecting answers,
         # record what was acknowledged at once, and keep the claims heartbeating.
         self._collect(block=False)
         self._record_sent_claims()
+        if self._stopping:
+            raise _StopReading  # leaves prepare_ahead, which stops its helper thread
 
     def _count_prepared(self, prepared: PreparedChunk) -> None:
         s = self.summary
@@ -216,11 +268,12 @@ class ConversionSync:
         while self._window and len(self._inflight) >= self._window_size():
             self._collect(block=True)
         window, self._window = self._window, []
-        if not window or self._stop_error is not None:
-            return
+        if not window or self._stopping:
+            return  # nothing of it was claimed yet, so nothing is lost
         for claim_id, batch in self._claim(window):
             if batch:
-                self._inflight[pool.submit(deliver_batch, self.sender, batch, claim_id)] = claim_id
+                future = pool.submit(deliver_batch, self.sender, batch, claim_id, self._budget)
+                self._inflight[future] = claim_id
 
     def _claim(self, window: list[list[PendingEvent]]) -> list[tuple[str | None, list[PendingEvent]]]:
         if self.ledger is None:
@@ -235,6 +288,9 @@ class ConversionSync:
             s.already_sent += len(claim.already_sent)
             s.changed_after_send += len(claim.changed_after_send)
             s.claimed_elsewhere += len(claim.claimed_elsewhere)
+            if claim.claimed_elsewhere:
+                held = set(claim.claimed_elsewhere)
+                self._elsewhere.update((event.key, event) for event in batch if event.key in held)
             s.duplicate_keys += len(claim.duplicate_keys)
             s.unknown += len(claim.unknown_skipped) + len(claim.unknown_taken_over)
             s.unknown_resent += len(claim.unknown_taken_over)
@@ -298,9 +354,37 @@ class ConversionSync:
             self.log.warning("%d events have an unknown outcome: %s", len(outcome.unknown), outcome.unknown_reason)
         if outcome.failed:
             s.failed += len(outcome.failed)
-            if outcome.error is not None and self._stop_error is None:
-                self._stop_error = outcome.error
-                self.log.error("stopping the sync: %s", outcome.error)
+        if outcome.error is not None and self._stop_error is None:
+            self._stop_error = outcome.error
+            self.log.error("stopping the sync: %s", outcome.error)
+
+    # --- rows another run holds ---------------------------------------------
+
+    def _settle_claimed_elsewhere(self, pool: ThreadPoolExecutor) -> None:
+        """Wait, within a bound, until the rows other live runs were sending are settled.
+
+        Each round claims them again: a row the other run got acknowledged now
+        counts as already sent, a row it released (or abandoned) is claimed and
+        sent by this run. A run never reports success while rows of its query
+        are held by someone else: after the bound it fails with a retriable error.
+        """
+        deadline = time.monotonic() + self.options.claimed_elsewhere_wait_s
+        poll_s = max(0.05, min(1.0, self.options.claimed_elsewhere_wait_s / 20))
+        first_round = True
+        while self._elsewhere and not self._stopping:
+            self._drain()
+            if time.monotonic() >= deadline:
+                break
+            self._stop_requested.wait(poll_s)
+            held, self._elsewhere = list(self._elsewhere.values()), {}
+            self.summary.claimed_elsewhere -= len(held)
+            self.summary.waited_for_elsewhere += len(held) if first_round else 0
+            first_round = False
+            for batch in batched(held, self.options.batch_size):
+                self._window.append(batch)
+                if len(self._window) >= self._window_size():
+                    self._flush_window(pool)
+            self._flush_window(pool)
 
     # --- bookkeeping --------------------------------------------------------
 
@@ -364,7 +448,12 @@ class ConversionSync:
     def _raise_for_outcome(self) -> None:
         s = self.summary
         error: BaseException | None = None
-        if isinstance(self._stop_error, PagentError):
+        if self._stop_requested.is_set() and self._stop_error is None:
+            error = PagentInterruptedError(
+                f"the sync was stopped ({self._stop_reason}); the requests in flight were drained and what "
+                "pagent acknowledged was recorded. Run it again to continue where it stopped"
+            )
+        elif isinstance(self._stop_error, PagentError):
             error = self._stop_error
         elif self._stop_error is not None:
             error = PagentDeliveryError(f"the sync stopped on an unexpected error: {self._stop_error!r}")
@@ -376,6 +465,12 @@ class ConversionSync:
                 + ("dry run: nothing was sent" if self.options.dry_run else "the valid rows were delivered")
                 + ". First reasons:\n  "
                 + "\n  ".join(s.reject_examples)
+            )
+        elif self._elsewhere:
+            error = PagentClaimedElsewhereError(
+                f"{len(self._elsewhere)} rows of this run are being sent by another live run and were not "
+                f"confirmed sent within {self.options.claimed_elsewhere_wait_s:g}s; this run cannot vouch for "
+                "them, so it fails: a retry checks them again"
             )
         elif self._new_unknown and (self.ledger is None or self.ledger.unknown_outcome == "resend"):
             error = PagentUnknownOutcomeError(

@@ -6,21 +6,28 @@ carries:
 * one :class:`requests.Session` with a connection pool sized for the number of
   concurrent senders (``requests`` sessions are safe to share between threads
   for plain ``post`` calls);
-* connect and read timeouts on every request;
-* retries with exponential backoff and jitter (tenacity) for 5xx answers and
-  connections that could not be opened;
-* 429 answers honour ``Retry-After`` (seconds or an HTTP date), and pause
-  *every* sender sharing the :class:`RateLimitGate`, so a rate limit slows the
-  whole upload down instead of each worker hammering on;
-* 400 and 401 are never retried;
+* connect and read timeouts on every request, and an overall deadline
+  (:mod:`~pagent_provider.core.deadlines`) that a trickling server cannot stretch;
+* redirects are never followed: any 3xx is a configuration error;
+* a 2xx acknowledges a batch only when its JSON body says ``accepted`` equal
+  to the number of events sent (:func:`acknowledgement`);
+* every status has a deliberate rule (:func:`_raise_for_status`): 400 and 413
+  refuse the request (the sync bisects), 401/403 refuse the key, 404/405 point
+  at a wrong base URL, 500 is retried, 429 and 503 are retried honouring
+  ``Retry-After`` and pause *every* sender sharing the :class:`RateLimitGate`,
+  502 and 504 (a proxy that gave up waiting: the server may have stored the
+  events) end as unknown outcomes, anything else is unexpected and fatal;
 * a request that may have reached the server (read timeout, connection dropped
-  after sending) is never retried silently: it raises
-  :class:`~pagent_provider.exceptions.PagentUnknownOutcomeError`.
+  after sending, deadline passed) is never retried silently: it raises
+  :class:`~pagent_provider.exceptions.PagentUnknownOutcomeError`;
+* every text that comes back (bodies, headers, library errors) is redacted of
+  the API key (:mod:`~pagent_provider.core.redaction`) before it goes anywhere.
 """
 
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import threading
 import time
@@ -28,17 +35,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+import requests.auth
 import tenacity
 import urllib3.exceptions
-from requests.adapters import HTTPAdapter
 
 from pagent_provider.core import defaults
+from pagent_provider.core.deadlines import Watchdog, deadline_adapter
+from pagent_provider.core.redaction import Redactor, without_credentials
 from pagent_provider.exceptions import (
     PagentAuthError,
     PagentConfigError,
     PagentConnectionError,
     PagentRateLimitError,
+    PagentRedirectError,
     PagentServerError,
+    PagentUnacknowledgedError,
     PagentUnexpectedResponseError,
     PagentUnknownOutcomeError,
     PagentValidationError,
@@ -46,7 +57,14 @@ from pagent_provider.exceptions import (
 
 log = logging.getLogger(__name__)
 
-RETRIED_SERVER_STATUSES = frozenset({500, 502, 503, 504})
+#: Retried with backoff: the server says it failed before storing anything.
+RETRIED_SERVER_STATUSES = frozenset({500, 503})
+#: Retried honouring ``Retry-After``, pausing every sender.
+PAUSING_STATUSES = frozenset({429, 503})
+#: A gateway that gave up waiting: the server behind it may have stored the events.
+GATEWAY_STATUSES = frozenset({502, 504})
+#: The request itself is refused (the sync bisects the batch to find the events).
+REFUSED_STATUSES = frozenset({400, 413})
 
 
 @dataclass(frozen=True)
@@ -58,7 +76,9 @@ class RetryPolicy:
         backoff_initial_s: first exponential backoff step.
         backoff_max_s: cap of one backoff step and of an honoured ``Retry-After``.
         connect_timeout_s: time allowed to open a connection.
-        read_timeout_s: time allowed for the answer once the request is sent.
+        read_timeout_s: time allowed between two bytes of the answer once the request is sent.
+        deadline_s: time allowed for a whole attempt (connect, send, read the
+            whole answer); ``None`` means ``connect_timeout_s + read_timeout_s``.
     """
 
     max_retries: int = defaults.MAX_RETRIES
@@ -66,12 +86,20 @@ class RetryPolicy:
     backoff_max_s: float = 60.0
     connect_timeout_s: float = 10.0
     read_timeout_s: float = defaults.READ_TIMEOUT_S
+    deadline_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
             raise PagentConfigError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
             raise PagentConfigError("timeouts must be positive numbers of seconds")
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise PagentConfigError("deadline_s must be a positive number of seconds")
+
+    @property
+    def attempt_deadline_s(self) -> float:
+        """The overall deadline of one attempt."""
+        return self.deadline_s if self.deadline_s is not None else self.connect_timeout_s + self.read_timeout_s
 
 
 class RateLimitGate:
@@ -132,10 +160,24 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class _KeepBearerHeader(requests.auth.AuthBase):
+    """Session auth that leaves the request as it is.
+
+    With no session auth, requests looks up ``~/.netrc`` (and credentials in
+    the URL) and replaces the ``Authorization: Bearer`` header with Basic auth
+    from them; having an auth object skips that lookup. Proxies from the
+    environment (``HTTPS_PROXY``) still apply.
+    """
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
 def build_session(pool_size: int) -> requests.Session:
     """A session whose pool keeps ``pool_size`` connections alive and never retries by itself."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, pool_size), max_retries=0)
+    session.auth = _KeepBearerHeader()
+    adapter = deadline_adapter(pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
@@ -151,48 +193,98 @@ def _never_sent(error: requests.ConnectionError) -> bool:
     return isinstance(reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError)
 
 
-def _error_text(response: requests.Response) -> str:
+def _error_text(response: requests.Response, redact: Redactor) -> str:
+    """The server's explanation (its ``error``, else the body), redacted and cut short."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:500]
+        return redact.excerpt(response.text)
     if isinstance(body, dict) and "error" in body:
-        return str(body["error"])
-    return str(body)[:500]
+        return redact.excerpt(body["error"])
+    return redact.excerpt(json.dumps(body, ensure_ascii=False))
 
 
-def _raise_for_answer(response: requests.Response, url: str) -> dict[str, Any]:
+def acknowledgement(response: requests.Response, expected: int, redact: Redactor) -> dict[str, Any]:
+    """The parsed body of a 2xx answer, when it acknowledges all ``expected`` events.
+
+    Raises:
+        PagentUnacknowledgedError: the body proves nothing (not JSON, no or a wrong
+            ``accepted``, an ``error``): the events' fate is unknown.
+        PagentServerError: ``accepted`` is 0 without an error: nothing was stored.
+    """
     status = response.status_code
-    if status == 200:
-        try:
-            body = response.json()
-        except ValueError:
-            log.warning("pagent answered 200 with a body that is not JSON; treating it as accepted")
-            return {}
-        return body if isinstance(body, dict) else {"body": body}
-    if status == 400:
-        message = _error_text(response)
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    accepted = body.get("accepted") if isinstance(body, dict) else None
+    if isinstance(body, dict) and "error" not in body and type(accepted) is int and accepted == expected:
+        return body
+    if isinstance(body, dict) and "error" not in body and type(accepted) is int and accepted == 0:
+        raise PagentServerError(
+            f"pagent answered {status} but accepted 0 of {expected} events: nothing was stored; "
+            "they were released for the next run",
+            status_code=status,
+        )
+    if body is None:
+        problem = f"a body that is not JSON ({redact.excerpt(response.text, 120)!r})"
+    elif not isinstance(body, dict) or "accepted" not in body:
+        problem = f"no 'accepted' count ({_error_text(response, redact)})"
+    elif "error" in body:
+        problem = f"an error: {_error_text(response, redact)}"
+    else:
+        problem = f"accepted={redact.excerpt(accepted, 40)} for {expected} events"
+    raise PagentUnacknowledgedError(
+        f"pagent answered {status} with {problem}: that is not an acknowledgement, so these events "
+        "may or may not have been recorded; they are recorded as unknown",
+        status_code=status,
+        accepted=accepted,
+        expected=expected,
+    )
+
+
+def _raise_for_status(response: requests.Response, url: str, redact: Redactor) -> None:
+    """Raise the error each non-2xx status stands for (see the module docstring)."""
+    status = response.status_code
+    if 300 <= status < 400:
+        location = response.headers.get("Location")
+        shown = redact(without_credentials(location)) if location else None
+        raise PagentRedirectError(
+            f"POST {url} answered a redirect ({status}) to {shown or 'nowhere (no Location)'}; redirects are "
+            "never followed (a redirected POST loses its body or goes to another host). Set the pagent "
+            "connection's host to the ingest API itself, e.g. https://ingest.pagent.ai. Nothing was recorded as sent.",
+            status_code=status,
+            location=shown,
+        )
+    if status in REFUSED_STATUSES:
+        message = _error_text(response, redact) or ("payload too large" if status == 413 else "bad request")
         raise PagentValidationError(
-            f"pagent refused the request (400): {message}", server_message=message, status_code=400
+            f"pagent refused the request ({status}): {message}", server_message=message, status_code=status
         )
     if status in (401, 403):
         raise PagentAuthError(
-            f"pagent refused the API key ({status}): {_error_text(response)}. Check the connection's "
+            f"pagent refused the API key ({status}): {_error_text(response, redact)}. Check the connection's "
             "password: the key may be wrong, expired or deleted (Settings > API Keys), "
             "or carry extra spaces or newlines."
         )
-    if status == 429:
-        raise _RetryLater(
-            "429 rate limit exceeded",
-            PagentRateLimitError("pagent kept answering 429 (rate limit exceeded) after every retry"),
-            parse_retry_after(response.headers.get("Retry-After")),
+    if status in PAUSING_STATUSES:
+        final: Exception = (
+            PagentRateLimitError("pagent kept answering 429 (rate limit exceeded) after every retry")
+            if status == 429
+            else PagentServerError(f"pagent kept answering 503 after every retry: {_error_text(response, redact)}")
         )
+        raise _RetryLater(f"{status} from pagent", final, parse_retry_after(response.headers.get("Retry-After")))
     if status in RETRIED_SERVER_STATUSES:
         raise _RetryLater(
             f"server error {status}",
             PagentServerError(
-                f"pagent answered {status} after every retry: {_error_text(response)}", status_code=status
+                f"pagent answered {status} after every retry: {_error_text(response, redact)}", status_code=status
             ),
+        )
+    if status in GATEWAY_STATUSES:
+        raise PagentUnknownOutcomeError(
+            f"POST {url} answered {status} (a gateway gave up waiting for pagent): pagent may or may not "
+            "have recorded these events"
         )
     if status in (404, 405):
         raise PagentUnexpectedResponseError(
@@ -201,7 +293,7 @@ def _raise_for_answer(response: requests.Response, url: str) -> dict[str, Any]:
             status_code=status,
         )
     raise PagentUnexpectedResponseError(
-        f"POST {url} answered an undocumented status {status}: {_error_text(response)}", status_code=status
+        f"POST {url} answered an undocumented status {status}: {_error_text(response, redact)}", status_code=status
     )
 
 
@@ -214,6 +306,8 @@ class Transport:
             and is never logged).
         policy: retry and timeout settings.
         gate: the rate-limit pause shared by every sender.
+        redact: removes the API key from every text that comes back.
+        watchdog: enforces the overall deadline of each attempt.
     """
 
     def __init__(
@@ -222,20 +316,29 @@ class Transport:
         headers: dict[str, str],
         policy: RetryPolicy,
         gate: RateLimitGate | None = None,
+        redact: Redactor | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self._session = session
         self._headers = headers
         self.policy = policy
         self.gate = gate or RateLimitGate()
+        self.redact = redact or Redactor()
+        self.watchdog = watchdog or Watchdog()
 
     def __repr__(self) -> str:
         return f"Transport(policy={self.policy!r})"
 
-    def post(self, url: str, body: bytes) -> dict[str, Any]:
-        """POST ``body`` (already JSON-encoded) and return the parsed answer.
+    def post(self, url: str, body: bytes, expected: int | None) -> dict[str, Any]:
+        """POST ``body`` (already JSON-encoded) carrying ``expected`` events; return the acknowledgement.
+
+        ``expected=None`` is for requests that carry no events (the key check):
+        any 2xx then counts, whatever its body.
 
         Raises:
-            PagentValidationError: 400.
+            PagentUnacknowledgedError: a 2xx that does not acknowledge every event.
+            PagentRedirectError: any 3xx.
+            PagentValidationError: 400 or 413.
             PagentAuthError: 401 or 403.
             PagentRateLimitError: 429 after every retry.
             PagentServerError: 5xx after every retry.
@@ -251,32 +354,52 @@ class Transport:
             reraise=True,
         )
         try:
-            return retrying(self._attempt, url, body)
+            return retrying(self._attempt, url, body, expected)
         except _RetryLater as exhausted:
             raise exhausted.final from None
 
-    def _attempt(self, url: str, body: bytes) -> dict[str, Any]:
+    def _attempt(self, url: str, body: bytes, expected: int | None) -> dict[str, Any]:
         self.gate.wait()
+        response = self._send(url, body)
+        if not 200 <= response.status_code < 300:
+            _raise_for_status(response, url, self.redact)
+        if expected is None:
+            return {}
+        return acknowledgement(response, expected, self.redact)
+
+    def _send(self, url: str, body: bytes) -> requests.Response:
         timeout = (self.policy.connect_timeout_s, self.policy.read_timeout_s)
-        try:
-            response = self._session.post(url, data=body, headers=self._headers, timeout=timeout)
-        except requests.ConnectionError as error:
-            if _never_sent(error):
-                raise _RetryLater(
-                    "could not connect", PagentConnectionError(f"could not connect to {url} after every retry: {error}")
-                ) from error
-            raise PagentUnknownOutcomeError(
-                f"POST {url}: the connection failed after the request was sent ({error}); "
-                "pagent may or may not have recorded these events"
-            ) from error
-        except requests.Timeout as error:
-            raise PagentUnknownOutcomeError(
-                f"POST {url}: no answer within {self.policy.read_timeout_s}s; "
-                "pagent may or may not have recorded these events"
-            ) from error
-        except requests.RequestException as error:
-            raise PagentUnknownOutcomeError(f"POST {url} failed mid-answer: {error}") from error
-        return _raise_for_answer(response, url)
+        redact = self.redact
+        with self.watchdog.watch(self.policy.attempt_deadline_s) as deadline:
+            try:
+                return self._session.post(url, data=body, headers=self._headers, timeout=timeout, allow_redirects=False)
+            except requests.ConnectionError as error:
+                if _never_sent(error):
+                    raise _RetryLater(
+                        "could not connect",
+                        PagentConnectionError(f"could not connect to {url} after every retry: {redact(error)}"),
+                    ) from None
+                if deadline.expired:
+                    raise self._deadline_passed(url) from None
+                raise PagentUnknownOutcomeError(
+                    f"POST {url}: the connection failed after the request was sent ({redact(error)}); "
+                    "pagent may or may not have recorded these events"
+                ) from None
+            except requests.Timeout:
+                raise PagentUnknownOutcomeError(
+                    f"POST {url}: no answer within {self.policy.read_timeout_s}s; "
+                    "pagent may or may not have recorded these events"
+                ) from None
+            except requests.RequestException as error:
+                if deadline.expired:
+                    raise self._deadline_passed(url) from None
+                raise PagentUnknownOutcomeError(f"POST {url} failed mid-answer: {redact(error)}") from None
+
+    def _deadline_passed(self, url: str) -> PagentUnknownOutcomeError:
+        return PagentUnknownOutcomeError(
+            f"POST {url}: the answer did not complete within the {self.policy.attempt_deadline_s:g}s deadline; "
+            "pagent may or may not have recorded these events"
+        )
 
     def _wait_before_retry(self, retry_state: tenacity.RetryCallState) -> float:
         failure = retry_state.outcome.exception() if retry_state.outcome else None
@@ -286,7 +409,10 @@ class Transport:
             max=self.policy.backoff_max_s,
             jitter=self.policy.backoff_initial_s,
         )(retry_state)
-        if isinstance(failure, _RetryLater) and isinstance(failure.final, PagentRateLimitError):
+        pauses_everyone = isinstance(failure, _RetryLater) and (
+            failure.retry_after_s is not None or isinstance(failure.final, PagentRateLimitError)
+        )
+        if pauses_everyone:
             delay = failure.retry_after_s if failure.retry_after_s is not None else backoff
             delay = min(delay, self.policy.backoff_max_s)
             self.gate.close_for(delay)  # every sender waits, not just this one

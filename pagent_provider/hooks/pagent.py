@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
+from airflow.providers.common.compat.sdk import mask_secret
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -116,6 +117,12 @@ class PagentHook(BaseHook):
     def get_conn(self) -> PagentClient:
         """Build a :class:`~pagent_provider.core.client.PagentClient` from the connection."""
         conn = self.get_connection(self.pagent_conn_id)
+        if conn.password:
+            # Airflow masks connection passwords it fetched itself; register the key
+            # (and its Bearer header) anyway, so that no message this task logs,
+            # whoever wrote it, can print them.
+            mask_secret(conn.password.strip())
+            mask_secret(f"Bearer {conn.password.strip()}")
         extra = conn.extra_dejson
         try:
             policy = RetryPolicy(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -11,7 +12,8 @@ from pagent_provider.core import defaults
 from pagent_provider.core.ledger import Ledger, UnknownOutcomePolicy
 from pagent_provider.core.owner import ClaimOwner
 from pagent_provider.core.reading import read_sql_chunks
-from pagent_provider.core.sync import ConversionSync, SyncOptions
+from pagent_provider.core.stopping import stop_gracefully_on
+from pagent_provider.core.sync import KEY_COLUMN_WARNING, ConversionSync, SyncOptions
 from pagent_provider.core.transform import TransformConfig
 from pagent_provider.exceptions import PagentFatalError
 from pagent_provider.hooks.pagent import PagentHook, as_airflow_failure
@@ -124,9 +126,12 @@ class ConversionsOperator(BaseSQLOperator):
         self.ledger_namespace = ledger_namespace
         self.unknown_outcome = unknown_outcome
         self.claim_timeout = claim_timeout
+        self._running_sync: ConversionSync | None = None
         # Catch bad settings when the DAG is parsed, not when the task runs.
         self._sync_options()
         self._transform_config()
+        if key_column is None and use_ledger:
+            self.log.warning("task %s: %s", self.task_id, KEY_COLUMN_WARNING)
 
     def _transform_config(self) -> TransformConfig:
         return TransformConfig(
@@ -161,15 +166,31 @@ class ConversionsOperator(BaseSQLOperator):
                     ledger=self._ledger(ledger_engine, context),
                     logger=self.log,
                 )
-                summary = sync.run(read_sql_chunks(source, self.sql, self.parameters, chunksize=self.chunksize))
+                self._running_sync = sync
+                # Airflow's supervisor sends SIGINT first: stop gracefully rather than
+                # let a KeyboardInterrupt land between pagent's answer and the ledger.
+                with stop_gracefully_on(sync.request_stop, (signal.SIGINT,)):
+                    summary = sync.run(read_sql_chunks(source, self.sql, self.parameters, chunksize=self.chunksize))
         except PagentFatalError as error:
             raise as_airflow_failure(error) from error
         finally:
+            self._running_sync = None
             source.dispose()
             if ledger_engine is not None:
                 ledger_engine.dispose()
         report_output_asset(self)  # Airflow's hook-level lineage: the pagent Asset
         return summary.as_dict()
+
+    def on_kill(self) -> None:
+        """Stop the running sync gracefully: send nothing more, record the answers in flight.
+
+        Airflow calls this on SIGTERM (after SIGINT, before SIGKILL); the task
+        then fails with :class:`~pagent_provider.exceptions.PagentInterruptedError`
+        once the requests in flight are recorded, usually within a second or two.
+        """
+        sync = self._running_sync
+        if sync is not None:
+            sync.request_stop("the task was killed (on_kill)")
 
     def _ledger_engine(self) -> sa.Engine | None:
         if not self.use_ledger:

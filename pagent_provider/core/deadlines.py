@@ -1,0 +1,136 @@
+"""An overall deadline for each HTTP request: connect, send and read together.
+
+``requests`` only knows per-operation timeouts: a server that trickles its
+answer one byte every few seconds never trips a 30-second read timeout and can
+hold a sender for hours. Here every request runs under a :class:`Deadline`; one
+watchdog thread per session shuts the request's socket down once its deadline
+passes, which makes the blocked read fail at once. The request then ends as an
+unknown outcome (it was sent; the answer never completed).
+
+The socket is found through :class:`DeadlineHTTPConnection`, which notes
+itself on the deadline of the thread that is using it. The adapter built by
+:func:`deadline_adapter` makes every pooled connection one of these.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+_current = threading.local()
+
+
+class Deadline:
+    """The deadline of one request in one thread."""
+
+    __slots__ = ("at", "connection", "expired")
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.connection: HTTPConnection | None = None
+        self.expired = False
+
+    def expire(self) -> None:
+        """Mark the deadline passed and cut the request's socket, waking the blocked read."""
+        self.expired = True
+        connection = self.connection
+        if connection is None or getattr(connection, "pagent_deadline", None) is not self:
+            return  # finished, or already back in the pool and serving another request
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed: the request is over anyway
+
+
+class _NotingConnection:
+    """Mixin: note this connection on the calling thread's deadline when a request starts on it."""
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        deadline: Deadline | None = getattr(_current, "deadline", None)
+        self.pagent_deadline = deadline  # whoever uses the connection now owns it
+        if deadline is not None:
+            deadline.connection = self  # type: ignore[assignment]
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class DeadlineHTTPConnection(_NotingConnection, HTTPConnection):
+    """An HTTP connection that a :class:`Deadline` can cut."""
+
+
+class DeadlineHTTPSConnection(_NotingConnection, HTTPSConnection):
+    """An HTTPS connection that a :class:`Deadline` can cut."""
+
+
+class _DeadlineHTTPPool(HTTPConnectionPool):
+    ConnectionCls = DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = DeadlineHTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
+def deadline_adapter(pool_size: int) -> HTTPAdapter:
+    """An adapter whose connections honour :meth:`Watchdog.watch`; it never retries by itself."""
+    return _DeadlineAdapter(pool_connections=1, pool_maxsize=max(1, pool_size), max_retries=0)
+
+
+class Watchdog:
+    """One thread that expires the deadlines of every request of a session.
+
+    Only requests in flight are watched (at most one per sending thread), so a
+    request that finishes in time costs a dict insert and a delete, and no
+    thread of its own. The thread sleeps while nothing is in flight.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._active: dict[int, Deadline] = {}
+        self._tokens = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def watch(self, seconds: float) -> Iterator[Deadline]:
+        """Run the body under a deadline ``seconds`` from now; check ``deadline.expired`` after an error."""
+        deadline = Deadline(time.monotonic() + seconds)
+        token = next(self._tokens)
+        with self._changed:
+            self._active[token] = deadline
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="pagent-deadlines", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+        _current.deadline = deadline
+        try:
+            yield deadline
+        finally:
+            _current.deadline = None
+            with self._changed:
+                del self._active[token]
+            deadline.connection = None  # the connection goes back to the pool: never cut it later
+
+    def _run(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                for deadline in self._active.values():
+                    if not deadline.expired and deadline.at <= now:
+                        deadline.expire()
+                pending = [d.at for d in self._active.values() if not d.expired]
+                self._changed.wait(timeout=max(0.0, min(pending) - now) if pending else None)
