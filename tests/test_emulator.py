@@ -632,6 +632,10 @@ def test_package_imports_nothing_else_from_pagent_provider() -> None:
             "pagent_provider.testing",
             "pagent_provider.testing.__main__",
             "pagent_provider.testing.emulator",
+            "pagent_provider.testing.faults",
+            "pagent_provider.testing.request_body",
+            "pagent_provider.testing.validation",
+            "pagent_provider.testing.webapp",
         ]
     )
 

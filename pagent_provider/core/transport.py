@@ -209,8 +209,10 @@ def acknowledgement(response: requests.Response, expected: int, redact: Redactor
 
     Raises:
         PagentUnacknowledgedError: the body proves nothing (not JSON, no or a wrong
-            ``accepted``, an ``error``): the events' fate is unknown.
-        PagentServerError: ``accepted`` is 0 without an error: nothing was stored.
+            ``accepted``, an ``error``): the events' fate is unknown. Even
+            ``accepted: 0`` is not trusted to mean "nothing stored": a server that
+            miscounts may have stored some, so resending is left to the
+            ``unknown_outcome`` policy rather than done blindly.
     """
     status = response.status_code
     try:
@@ -220,12 +222,6 @@ def acknowledgement(response: requests.Response, expected: int, redact: Redactor
     accepted = body.get("accepted") if isinstance(body, dict) else None
     if isinstance(body, dict) and "error" not in body and type(accepted) is int and accepted == expected:
         return body
-    if isinstance(body, dict) and "error" not in body and type(accepted) is int and accepted == 0:
-        raise PagentServerError(
-            f"pagent answered {status} but accepted 0 of {expected} events: nothing was stored; "
-            "they were released for the next run",
-            status_code=status,
-        )
     if body is None:
         problem = f"a body that is not JSON ({redact.excerpt(response.text, 120)!r})"
     elif not isinstance(body, dict) or "accepted" not in body:

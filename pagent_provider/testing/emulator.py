@@ -9,7 +9,14 @@ answer) that implements the documented endpoints::
 
 with the documented answers (``200 {"accepted": n}``, ``400 {"error": ...}``,
 ``401 {"error": ...}``, ``429`` with an empty body) and injectable faults
-(latency, 500s, 429s, dropped connections, hanging requests, refused events).
+(latency, 500s, 503s, 429s, dropped connections, hanging requests, refused
+events) and hostile modes (acknowledgements that do not match what was stored,
+redirects, body size limits, echoed credentials, trickled answers).
+
+This module is the server: the HTTP handler, the store of what was received
+and :class:`IngestEmulator`. The documented 400 rules live in
+:mod:`pagent_provider.testing.validation`, the faults in
+:mod:`pagent_provider.testing.faults`.
 
 It deliberately shares no code with the client in :mod:`pagent_provider`: it
 stands in for the vendor's server, so its validation is written independently
@@ -29,88 +36,61 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
 import socket
 import socketserver
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from pagent_provider.testing.faults import (
+    FAIL_MESSAGE,
+    UNAVAILABLE_MESSAGE,
+    Faults,
+    ScheduledFault,
+    body_too_large,
+    echo_into_message,
+    echo_into_page,
+    redirect_page,
+    render_ack,
+    scheduled_fault,
+    trickle,
+)
+from pagent_provider.testing.request_body import ClientGone, read_request_body
+from pagent_provider.testing.validation import (
+    ENDPOINTS,
+    EVENT_COUNT_MESSAGE,
+    MAX_EVENTS_PER_REQUEST,
+    Invalid,
+    count_events,
+    fast_count,
+    normalize,
+    parse_json,
+    validate,
+)
+
+# Re-exported: these names were defined here before the split, and code imports them from here.
+from pagent_provider.testing.validation import V1_CONVERSIONS as V1_CONVERSIONS
+from pagent_provider.testing.validation import V2_CONVERSIONS as V2_CONVERSIONS
+from pagent_provider.testing.validation import V2_CONVERSIONS_BULK as V2_CONVERSIONS_BULK
 
 __all__ = ["AcceptedEvent", "Faults", "IngestEmulator", "RequestRecord"]
 
 logger = logging.getLogger(__name__)
 
-#: Endpoints served by the emulator.
-V1_CONVERSIONS = "/v1/conversions"
-V2_CONVERSIONS = "/v2/conversions"
-V2_CONVERSIONS_BULK = "/v2/conversions/bulk"
-ENDPOINTS = (V1_CONVERSIONS, V2_CONVERSIONS, V2_CONVERSIONS_BULK)
-
-#: Maximum number of events in one v1 or v2 bulk request (documented).
-MAX_EVENTS_PER_REQUEST = 100
-
 #: ``RequestRecord.status`` of a request that got no answer at all (drop and hang faults).
 NO_RESPONSE = 0
 
 _UNAUTHORIZED_MESSAGE = "missing, invalid or expired API key"
-_EVENT_COUNT_MESSAGE = f"events must contain 1 to {MAX_EVENTS_PER_REQUEST} items"
-_ID_FIELDS = ("session_id", "user_id", "conversion_id")
+
+# Statuses whose answers never carry a body nor Content-Length (RFC 9110 8.6, 15.3.5, 15.4.5).
+_BODILESS_STATUSES = frozenset({204, 304})
 
 
-# --------------------------------------------------------------------------- public data types
-
-
-@dataclass
-class Faults:
-    """Faults the emulator injects into its answers.
-
-    Every authorized ``POST`` to a conversions endpoint increments one shared
-    counter ``n`` (1, 2, 3, ...). For each request the emulator first sleeps
-    ``latency_s``, then checks, in this order, *hang*, *drop*, *fail* and
-    *rate limit*: the first rule whose ``*_every`` divides ``n`` applies. A
-    request that hits none of them is validated and answered normally.
-
-    The object may be replaced (``emulator.faults = Faults(...)``) or mutated
-    while the emulator runs; each request reads the faults once, when it
-    starts.
-
-    Attributes:
-        latency_s: Seconds to sleep before answering every authorized POST.
-        fail_every: Every k-th POST is answered ``500 {"error": ...}`` and
-            nothing is stored (0 = never).
-        rate_limit_every: Every k-th POST is answered ``429`` with an empty
-            body and nothing is stored (0 = never).
-        retry_after: Value of the ``Retry-After`` header sent with a 429:
-            seconds (``"1"``) or an HTTP date. ``None`` sends no header.
-        drop_every: Every k-th POST is validated and, if valid, its events are
-            *stored* (they count as accepted), then the connection is closed
-            without any answer: the client cannot know the outcome. An invalid
-            body still gets its normal 400 answer (0 = never).
-        hang_every: Every k-th POST is never answered: the handler waits
-            ``hang_s`` seconds (or until :meth:`IngestEmulator.stop`), stores
-            nothing and closes the connection (0 = never).
-        hang_s: How long a hanging request waits before its connection is
-            closed.
-        refuse: Optional per-event predicate, called with each (otherwise
-            valid) event normalized to the v1 shape (see
-            :meth:`IngestEmulator.events`). If it returns a message for the
-            event at index ``i``, the whole request is answered
-            ``400 {"error": "events[i]: <message>"}`` and nothing is stored
-            (``i`` is 0 for ``/v2/conversions``). Return ``None`` to accept.
-    """
-
-    latency_s: float = 0.0
-    fail_every: int = 0
-    rate_limit_every: int = 0
-    retry_after: str | None = "1"
-    drop_every: int = 0
-    hang_every: int = 0
-    hang_s: float = 30.0
-    refuse: Callable[[dict], str | None] | None = None
+# --------------------------------------------------------------------------- records
 
 
 @dataclass(frozen=True)
@@ -137,8 +117,8 @@ class RequestRecord:
     Attributes:
         method: HTTP method, e.g. ``"POST"``.
         path: Request path without the query string.
-        status: Status code answered, or ``0`` when no answer was sent (the
-            drop and hang faults).
+        status: Status code answered (whichever fault or hostile mode chose
+            it), or ``0`` when no answer was sent (the drop and hang faults).
         n_events: Number of events in the request body when it could be
             determined (length of ``events`` for v1 and v2 bulk, 1 for a v2
             single-event body), whatever the outcome; 0 otherwise.
@@ -150,153 +130,6 @@ class RequestRecord:
     status: int
     n_events: int
     received_at: float
-
-
-# --------------------------------------------------------------------------- validation
-# Written from the vendor documentation only; do not share with the client.
-
-
-class _Invalid(Exception):
-    """A request body the server refuses with 400; the message is the error."""
-
-
-def _show(value: Any) -> str:
-    """Render a JSON value for an error message (``9.99``, ``true``, ``"abc"``)."""
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):  # pragma: no cover - values come from json.loads
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _parse_json(body: bytes) -> Any:
-    """Parse a request body strictly (no NaN/Infinity); raise ``_Invalid``."""
-    try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise _Invalid(f"request body is not valid JSON: {exc}") from None
-
-
-def _check_id_fields(obj: dict, prefix: str) -> None:
-    for name in _ID_FIELDS:
-        value = obj.get(name)
-        if value is None:
-            raise _Invalid(f"{prefix}{name} is required")
-        if not isinstance(value, str) or not value:
-            raise _Invalid(f"{prefix}{name} must be a non-empty string, not {_show(value)}")
-
-
-def _check_optional_fields(event: dict, prefix: str) -> None:
-    label = event.get("label")
-    if label is not None and not isinstance(label, str):
-        raise _Invalid(f"{prefix}label must be a string, not {_show(label)}")
-
-    revenue = event.get("revenue")
-    if revenue is not None and (isinstance(revenue, bool) or not isinstance(revenue, int)):
-        raise _Invalid(f"{prefix}revenue must be an integer, not {_show(revenue)}")
-
-    properties = event.get("properties")
-    if properties is not None:
-        if isinstance(properties, list):
-            for j, item in enumerate(properties):
-                if not isinstance(item, dict):
-                    raise _Invalid(f"{prefix}properties[{j}] must be an object, not {_show(item)}")
-        elif not isinstance(properties, dict):
-            raise _Invalid(f"{prefix}properties must be an object or an array of objects, not {_show(properties)}")
-
-    when = event.get("time")
-    if when is not None:
-        if isinstance(when, bool) or not isinstance(when, (int, float)):
-            raise _Invalid(f"{prefix}time must be a number, not {_show(when)}")
-        if isinstance(when, float) and not math.isfinite(when):
-            raise _Invalid(f"{prefix}time must be a finite number")
-
-
-def _check_v1_event(event: Any, prefix: str) -> None:
-    if not isinstance(event, dict):
-        raise _Invalid(f"{prefix.rstrip('.')} must be an object, not {_show(event)}")
-    _check_id_fields(event, prefix)
-    _check_optional_fields(event, prefix)
-
-
-def _check_v2_event(event: Any, prefix: str) -> None:
-    if not isinstance(event, dict):
-        raise _Invalid(f"{prefix.rstrip('.')} must be an object, not {_show(event)}")
-    session_data = event.get("session_data")
-    if not isinstance(session_data, dict):
-        raise _Invalid(
-            f"{prefix}session_data must be an object containing session_id, user_id "
-            f"and conversion_id, not {_show(session_data)}"
-        )
-    _check_id_fields(session_data, f"{prefix}session_data.")
-    visit_id = session_data.get("visit_id")
-    if visit_id is not None and not isinstance(visit_id, str):
-        raise _Invalid(f"{prefix}session_data.visit_id must be a string, not {_show(visit_id)}")
-    _check_optional_fields(event, prefix)
-
-
-def _events_array(body: dict) -> list:
-    events = body.get("events")
-    if events is None:
-        raise _Invalid(f"events is required: an array of 1 to {MAX_EVENTS_PER_REQUEST} items")
-    if not isinstance(events, list):
-        raise _Invalid(f"events must be an array of 1 to {MAX_EVENTS_PER_REQUEST} items, not {_show(events)}")
-    if not 1 <= len(events) <= MAX_EVENTS_PER_REQUEST:
-        raise _Invalid(_EVENT_COUNT_MESSAGE)
-    return events
-
-
-def _validate(endpoint: str, body: Any) -> list[dict]:
-    """Validate a parsed body for ``endpoint``; return its events as received."""
-    if not isinstance(body, dict):
-        raise _Invalid(f"request body must be a JSON object, not {_show(body)}")
-    if endpoint == V2_CONVERSIONS:
-        _check_v2_event(body, "")
-        return [body]
-    events = _events_array(body)
-    check = _check_v1_event if endpoint == V1_CONVERSIONS else _check_v2_event
-    for i, event in enumerate(events):
-        check(event, f"events[{i}].")
-    return events
-
-
-def _normalize(endpoint: str, event: dict) -> dict:
-    """Return ``event`` in the v1 shape (v2 ``session_data`` flattened)."""
-    if endpoint == V1_CONVERSIONS:
-        return dict(event)
-    session_data = event.get("session_data") or {}
-    flat = {name: session_data.get(name) for name in _ID_FIELDS}
-    if "visit_id" in session_data:
-        flat["visit_id"] = session_data["visit_id"]
-    flat.update((k, v) for k, v in event.items() if k != "session_data" and k not in flat)
-    return flat
-
-
-def _count_events(body: Any, endpoint: str) -> int:
-    """Best-effort number of events in a parsed body (for request records)."""
-    if not isinstance(body, dict):
-        return 0
-    if endpoint == V2_CONVERSIONS:
-        return 1
-    events = body.get("events")
-    return len(events) if isinstance(events, list) else 0
-
-
-def _fast_count(endpoint: str, body: bytes) -> int:
-    """Cheap event count for fast-sink mode (no JSON parsing)."""
-    if endpoint == V2_CONVERSIONS:
-        return 1
-    if endpoint == V2_CONVERSIONS_BULK:
-        return body.count(b'"session_data"')
-    return body.count(b'"session_id"')
-
-
-def _hits(every: int, n: int) -> bool:
-    return every > 0 and n % every == 0
 
 
 # --------------------------------------------------------------------------- HTTP plumbing
@@ -370,35 +203,34 @@ class _Handler(BaseHTTPRequestHandler):
         self._path = path
         self._n_events = 0
         self._recorded = False
+        # Read once, so a request sees one consistent configuration even if
+        # the test swaps emulator.faults meanwhile.
+        self._faults = emulator.faults
         try:
-            body = self._read_body()
+            try:
+                body = read_request_body(self.headers, self.rfile)
+            except ClientGone:
+                raise _NoAnswer from None
             if body is None:
                 self.close_connection = True
-                self._answer(400, {"error": "invalid Content-Length or chunked body"})
+                self._answer_error(400, "invalid Content-Length or chunked body")
                 return
             if path not in ENDPOINTS:
-                self._answer(404, {"error": f"not found: {path}"})
+                self._answer_error(404, f"not found: {path}")
                 return
             if self.command != "POST":
-                self._answer(
-                    405,
-                    {"error": f"method {self.command} not allowed on {path}"},
-                    headers=(("Allow", "POST"),),
-                )
+                self._answer_error(405, f"method {self.command} not allowed on {path}", headers=(("Allow", "POST"),))
                 return
-            if emulator.fast_sink:
-                self._post_fast(emulator, path, body)
-            else:
-                self._post(emulator, path, body)
+            self._post(emulator, path, body)
         except _NoAnswer:
             self.close_connection = True
         except OSError:
             self.close_connection = True
             raise
-        except Exception as exc:  # a bug here, or in a user's refuse predicate
+        except Exception as exc:  # a bug here, or in a user's refuse or ack_override callable
             logger.exception("pagent emulator: error while handling %s %s", self.command, path)
             self.close_connection = True
-            self._answer(500, {"error": f"emulator internal error: {exc!r}"})
+            self._answer_error(500, f"emulator internal error: {exc!r}")
         finally:
             self._record(NO_RESPONSE)
 
@@ -410,44 +242,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._recorded = True
         emulator._record(RequestRecord(self.command, self._path, status, self._n_events, self._received_at))
 
-    def _read_body(self) -> bytes | None:
-        """Read the request body; ``None`` if its framing is invalid."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
-        length = self.headers.get("Content-Length")
-        if length is None:
-            return b""
-        try:
-            n = int(length)
-        except ValueError:
-            return None
-        if n < 0:
-            return None
-        data = self.rfile.read(n)
-        if len(data) != n:
-            raise _NoAnswer  # client went away mid-body
-        return data
-
-    def _read_chunked(self) -> bytes | None:
-        parts = []
-        while True:
-            line = self.rfile.readline(65537)
-            if not line:
-                raise _NoAnswer
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                return None
-            if size == 0:
-                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(parts)
-            chunk = self.rfile.read(size)
-            if len(chunk) != size:
-                raise _NoAnswer
-            parts.append(chunk)
-            self.rfile.readline(65537)  # CRLF after the chunk
-
     def _authorized(self, emulator: IngestEmulator) -> bool:
         header = self.headers.get("Authorization")
         if header is None or not header.startswith("Bearer "):
@@ -458,99 +252,148 @@ class _Handler(BaseHTTPRequestHandler):
             ok |= hmac.compare_digest(presented, key.encode("utf-8", "surrogateescape"))
         return ok
 
-    def _before_faults(self, emulator: IngestEmulator) -> tuple[int, Faults]:
-        """Count this POST, apply latency and the hang fault."""
-        n = emulator._next_post_number()
-        faults = emulator.faults
-        if faults.latency_s > 0:
-            emulator._stopping.wait(faults.latency_s)
-        if _hits(faults.hang_every, n):
-            emulator._stopping.wait(faults.hang_s)
-            raise _NoAnswer
-        return n, faults
+    # -- the conversions endpoints
 
     def _post(self, emulator: IngestEmulator, endpoint: str, raw: bytes) -> None:
-        """Handle a POST to a conversions endpoint (normal mode)."""
-        try:
-            body: Any = _parse_json(raw)
-            parse_error: _Invalid | None = None
-        except _Invalid as exc:
-            body, parse_error = None, exc
-        self._n_events = _count_events(body, endpoint)
+        """Handle a POST to a conversions endpoint: auth, faults, validation, store, answer.
+
+        The order is the one documented on :class:`Faults`. In fast-sink mode
+        the body is not parsed: events are counted cheaply and only the count
+        is kept.
+        """
+        faults = self._faults
+        fast = emulator.fast_sink
+        body: Any = None
+        parse_error: Invalid | None = None
+        if fast:
+            count = fast_count(endpoint, raw)
+        else:
+            try:
+                body = parse_json(raw)
+            except Invalid as exc:
+                parse_error = exc
+            count = self._n_events = count_events(body, endpoint)
 
         if not self._authorized(emulator):
-            self._answer(401, {"error": _UNAUTHORIZED_MESSAGE})
+            self._answer_error(401, _UNAUTHORIZED_MESSAGE)
             return
 
-        n, faults = self._before_faults(emulator)
-        drop = _hits(faults.drop_every, n)
-        if not drop:
-            if _hits(faults.fail_every, n):
-                self._answer(500, {"error": "internal server error (emulated fault)"})
-                return
-            if _hits(faults.rate_limit_every, n):
-                self._answer_rate_limited(faults)
-                return
+        n = emulator._next_post_number()
+        if faults.latency_s > 0:
+            emulator._stopping.wait(faults.latency_s)
+        if faults.redirect_to is not None:
+            self._answer_redirect(faults.redirect_to, faults.redirect_status)
+            return
+        too_large = body_too_large(faults, len(raw))
+        if too_large is not None:
+            self._answer_error(413, too_large)
+            return
 
+        fault = scheduled_fault(faults, n)
+        if fault is ScheduledFault.HANG:
+            emulator._stopping.wait(faults.hang_s)
+            raise _NoAnswer
+        if fault is ScheduledFault.FAIL:
+            self._answer_error(500, FAIL_MESSAGE)
+            return
+        if fault is ScheduledFault.UNAVAILABLE:
+            self._answer_error(503, UNAVAILABLE_MESSAGE, headers=self._retry_after_header(faults))
+            return
+        if fault is ScheduledFault.RATE_LIMIT:
+            self._answer(429, headers=self._retry_after_header(faults))
+            return
+
+        events: list[dict] = []
         try:
-            if parse_error is not None:
-                raise parse_error
-            events = _validate(endpoint, body)
-            normalized = [_normalize(endpoint, event) for event in events]
-            if faults.refuse is not None:
-                for i, event in enumerate(normalized):
-                    message = faults.refuse(event)
-                    if message is not None:
-                        raise _Invalid(f"events[{i}]: {message}")
-        except _Invalid as exc:
-            self._answer(400, {"error": str(exc)})
+            if fast:
+                if not 1 <= count <= MAX_EVENTS_PER_REQUEST:
+                    raise Invalid(EVENT_COUNT_MESSAGE)
+            else:
+                if parse_error is not None:
+                    raise parse_error
+                events = validate(endpoint, body)
+                count = len(events)
+                self._refuse(faults, endpoint, events)
+        except Invalid as exc:
+            self._answer_error(400, str(exc))
             return
 
-        emulator._store(endpoint, events, self._received_at)
-        if drop:
+        # Built before storing: an ack_override that raises must leave nothing stored.
+        content_type, answer = self._ack_body(faults, count)
+        if fast:
+            emulator._add_fast(count)
+        else:
+            emulator._store(endpoint, events, self._received_at)
+        if fault is ScheduledFault.DROP:
             logger.debug("pagent emulator: dropping the answer to POST #%d", n)
             raise _NoAnswer
-        self._answer(200, {"accepted": len(events)})
+        self._answer(faults.ack_status, answer, content_type=content_type)
 
-    def _post_fast(self, emulator: IngestEmulator, endpoint: str, raw: bytes) -> None:
-        """Fast-sink POST: auth, faults, a cheap count; nothing stored but the count."""
-        if not self._authorized(emulator):
-            self._answer(401, {"error": _UNAUTHORIZED_MESSAGE})
+    @staticmethod
+    def _refuse(faults: Faults, endpoint: str, events: list[dict]) -> None:
+        """Apply the user's ``refuse`` predicate; raise ``Invalid`` for the first refused event."""
+        if faults.refuse is None:
             return
-        n, faults = self._before_faults(emulator)
-        count = _fast_count(endpoint, raw)
-        if _hits(faults.drop_every, n):
-            if 1 <= count <= MAX_EVENTS_PER_REQUEST:
-                emulator._add_fast(count)
-                raise _NoAnswer
-        elif _hits(faults.fail_every, n):
-            self._answer(500, {"error": "internal server error (emulated fault)"})
-            return
-        elif _hits(faults.rate_limit_every, n):
-            self._answer_rate_limited(faults)
-            return
-        if not 1 <= count <= MAX_EVENTS_PER_REQUEST:
-            self._answer(400, {"error": _EVENT_COUNT_MESSAGE})
-            return
-        emulator._add_fast(count)
-        self._answer(200, {"accepted": count})
+        for i, event in enumerate(events):
+            message = faults.refuse(normalize(endpoint, event))
+            if message is not None:
+                raise Invalid(f"events[{i}]: {message}")
 
-    def _answer_rate_limited(self, faults: Faults) -> None:
-        headers = () if faults.retry_after is None else (("Retry-After", str(faults.retry_after)),)
-        self._answer(429, None, headers=headers)
+    def _ack_body(self, faults: Faults, count: int) -> tuple[str, bytes]:
+        """Content type and body of a successful answer (the documented one or ``ack_override``'s)."""
+        if faults.ack_override is None:
+            return "application/json", json.dumps({"accepted": count}).encode("utf-8")
+        value = faults.ack_override(count)
+        if isinstance(value, str) and faults.echo_credentials:
+            value = echo_into_page(value, self.headers.get("Authorization"))
+        return render_ack(value)
 
-    def _answer(self, status: int, payload: dict | None, headers: Iterable[tuple[str, str]] = ()) -> None:
-        """Write the whole response (status line, headers, body) in one write."""
-        body = b"" if payload is None else json.dumps(payload).encode("utf-8")
+    @staticmethod
+    def _retry_after_header(faults: Faults) -> tuple[tuple[str, str], ...]:
+        return () if faults.retry_after is None else (("Retry-After", str(faults.retry_after)),)
+
+    # -- writing answers
+
+    def _answer_error(self, status: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Answer ``status`` with ``{"error": message}`` (the header echoed when ``echo_credentials``)."""
+        if self._faults.echo_credentials:
+            message = echo_into_message(message, self.headers.get("Authorization"))
+        body = json.dumps({"error": message}).encode("utf-8")
+        self._answer(status, body, content_type="application/json", headers=headers)
+
+    def _answer_redirect(self, location: str, status: int) -> None:
+        self._answer(
+            status,
+            redirect_page(location),
+            content_type="text/html; charset=utf-8",
+            headers=(("Location", location),),
+        )
+
+    def _answer(
+        self,
+        status: int,
+        body: bytes = b"",
+        *,
+        content_type: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Write the whole response (status line, headers, body).
+
+        Normally in one write (so Nagle's algorithm and delayed ACKs never
+        stall a keep-alive client); byte by byte under ``Faults.trickle_s``.
+        """
         reason = self.responses.get(status, ("",))[0]
         lines = [
             f"{self.protocol_version} {status} {reason}",
             f"Server: {self.server_version}",
             f"Date: {self.date_time_string()}",
         ]
-        if payload is not None:
-            lines.append("Content-Type: application/json")
-        lines.append(f"Content-Length: {len(body)}")
+        if status in _BODILESS_STATUSES or status < 200:
+            body = b""
+        else:
+            if content_type is not None:
+                lines.append(f"Content-Type: {content_type}")
+            lines.append(f"Content-Length: {len(body)}")
         lines.extend(f"{name}: {value}" for name, value in headers)
         if self.close_connection:
             lines.append("Connection: close")
@@ -558,7 +401,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             data += body
         self._record(status)
-        self.wfile.write(data)
+        pause_s = self._faults.trickle_s
+        if pause_s > 0:
+            if not trickle(self.wfile.write, data, pause_s, self.server.emulator._stopping):
+                self.close_connection = True  # the emulator is stopping: abandon the answer
+        else:
+            self.wfile.write(data)
         logger.debug("pagent emulator: %s %s -> %d", self.command, self.path, status)
 
 
@@ -570,9 +418,10 @@ class IngestEmulator:
 
     It checks the ``Authorization: Bearer <key>`` header first (401 on a
     missing or unknown key, before looking at the body), then applies the
-    configured :class:`Faults`, then validates the body with the documented
-    rules (400 ``{"error": "events[3].revenue must be an integer, not 9.99"}``)
-    and answers ``200 {"accepted": n}``, storing the events.
+    configured :class:`Faults` (in the order documented there), then
+    validates the body with the documented rules
+    (400 ``{"error": "events[3].revenue must be an integer, not 9.99"}``) and
+    answers ``200 {"accepted": n}``, storing the events.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`::
 
@@ -586,10 +435,11 @@ class IngestEmulator:
         port: Port to listen on; 0 picks a free port (see :attr:`port`).
         api_keys: API keys the server accepts, compared exactly (no trimming).
         faults: Faults to inject; default none.
-        fast_sink: Benchmark mode: auth, latency and faults still apply, but
-            bodies are not parsed (events are counted cheaply and only
-            :attr:`accepted_count` is kept; no events or request records are
-            stored and bodies are not validated beyond the 1..100 count).
+        fast_sink: Benchmark mode: auth, latency, faults and hostile modes
+            (``max_body_bytes`` included) still apply, but bodies are not
+            parsed (events are counted cheaply and only :attr:`accepted_count`
+            is kept; no events or request records are stored and bodies are
+            not validated beyond the 1..100 count).
     """
 
     def __init__(
@@ -773,7 +623,7 @@ class IngestEmulator:
         top-level keys next to ``label``, ``revenue``, ``properties``,
         ``time`` and any other field sent. v1 events are returned as sent.
         """
-        return [_normalize(a.endpoint, a.event) for a in self.accepted()]
+        return [normalize(a.endpoint, a.event) for a in self.accepted()]
 
     def requests(self) -> list[RequestRecord]:
         """Every request seen, in order of completion (a copy; empty in fast-sink mode).
