@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -18,6 +19,8 @@ from pagent_provider.core.transform import TransformConfig
 from pagent_provider.exceptions import PagentFatalError
 from pagent_provider.hooks.pagent import PagentHook, as_airflow_failure
 from pagent_provider.lineage import openlineage_facets_on_complete, openlineage_facets_on_start, report_output_asset
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -131,7 +134,7 @@ class ConversionsOperator(BaseSQLOperator):
         self._sync_options()
         self._transform_config()
         if key_column is None and use_ledger:
-            self.log.warning("task %s: %s", self.task_id, KEY_COLUMN_WARNING)
+            log.warning("task %s: %s", self.task_id, KEY_COLUMN_WARNING)  # in the DAG processor's log
 
     def _transform_config(self) -> TransformConfig:
         return TransformConfig(
