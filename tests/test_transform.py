@@ -59,6 +59,12 @@ def reference_cents(written: str) -> int:
     return int(Decimal(written).scaleb(2).quantize(Decimal(1), ROUND_HALF_UP))
 
 
+def reference_or_none(written: str) -> int | None:
+    """The reference cents, or None beyond JSON's safe integer range (the transform rejects those)."""
+    cents = reference_cents(written)
+    return cents if abs(cents) <= 2**53 - 1 else None
+
+
 def frame(**columns: object) -> pd.DataFrame:
     """A chunk with valid defaults for every column not given."""
     size = len(next(iter(columns.values()))) if columns else 2
@@ -222,8 +228,8 @@ class TestRevenueDollars:
         assert values(revenue_to_cents(column, "dollars")) == [1999, 101]
 
     def test_missing_is_left_out_and_valid(self) -> None:
-        column = pd.Series([None, np.nan, pd.NA, Decimal("NaN")], dtype=object)
-        assert pairs(revenue_to_cents(column, "dollars")) == [(None, None)] * 4
+        column = pd.Series([None, np.nan, pd.NA], dtype=object)
+        assert pairs(revenue_to_cents(column, "dollars")) == [(None, None)] * 3
         assert pairs(revenue_to_cents(pd.Series([np.nan]), "dollars")) == [(None, None)]
         assert pairs(revenue_to_cents(pd.Series([None], dtype="str"), "dollars")) == [(None, None)]
 
@@ -239,7 +245,7 @@ class TestRevenueDollars:
         assert values(result) == [None, None]
         assert all("not a finite number" in r for r in reasons(result))
 
-    @pytest.mark.parametrize("text", ["abc", "$19.99", "19,99", "", "NaN", "Infinity", "1_000"])
+    @pytest.mark.parametrize("text", ["abc", "$19.99", "19,99", "", "Infinity", "1_000"])
     def test_non_numeric_text_is_invalid(self, text: str) -> None:
         for column in (pd.Series([text], dtype="str"), pd.Series([text], dtype=object)):
             result = revenue_to_cents(column, "dollars")
@@ -264,11 +270,23 @@ class TestRevenueDollars:
         assert values(result) == [None, None]
         assert "dict" in reasons(result)[0] and "datetime" in reasons(result)[1]
 
+    @pytest.mark.parametrize("nan", [Decimal("NaN"), Decimal("sNaN"), Decimal("-NaN")])
+    def test_decimal_nan_is_invalid_not_null(self, nan: Decimal) -> None:
+        # PostgreSQL's numeric 'NaN' arrives as Decimal('NaN'); a NULL arrives as None.
+        result = revenue_to_cents(pd.Series([Decimal("1.00"), nan, None], dtype=object), "dollars")
+        assert values(result) == [100, None, None]
+        assert reasons(result)[0] is None and reasons(result)[2] is None
+        assert "NaN" in reasons(result)[1] and "not NULL" in reasons(result)[1]
+
+    def test_float_nan_is_null(self) -> None:
+        # pandas marks NULL as NaN in float columns (and NaN as NA in Float64 ones): indistinguishable.
+        assert pairs(revenue_to_cents(pd.Series([np.nan, 1.5]), "dollars")) == [(None, None), (150, None)]
+
     def test_overflow_is_invalid(self) -> None:
-        limit = (2**63 - 1) // 100
+        limit = (2**53 - 1) // 100
         result = revenue_to_cents(pd.Series([limit, limit + 1, -(limit + 1)]), "dollars")
         assert values(result) == [limit * 100, None, None]
-        assert "64-bit" in reasons(result)[1]
+        assert "safe integer range" in reasons(result)[1]
         huge = revenue_to_cents(pd.Series([1e17, 1e300]), "dollars")
         assert values(huge) == [None, None]
         assert revenue_to_cents(pd.Series([Decimal("1E+30")], dtype=object), "dollars").values[0] is None
@@ -311,10 +329,14 @@ class TestRevenueCents:
         assert "not whole cents" in reasons(result)[0]
         assert "revenue_unit='dollars'" in reasons(result)[0]
 
-    def test_int64_limits(self) -> None:
-        result = revenue_to_cents(pd.Series([2**63 - 1, -(2**63)]), "cents")
-        assert values(result) == [2**63 - 1, -(2**63)]
-        assert values(revenue_to_cents(pd.Series([2.0**63]), "cents")) == [None]
+    def test_json_safe_integer_limits(self) -> None:
+        limit = 2**53 - 1
+        result = revenue_to_cents(pd.Series([limit, -limit, limit + 1, -(2**63), 2**63 - 1]), "cents")
+        assert values(result) == [limit, -limit, None, None, None]
+        assert "safe integer range" in reasons(result)[2]
+        assert values(revenue_to_cents(pd.Series([float(limit), 2.0**53, 2.0**63]), "cents")) == [limit, None, None]
+        texts = revenue_to_cents(pd.Series([str(limit), str(limit + 1)], dtype=object), "cents")
+        assert values(texts) == [limit, None]
 
     def test_missing_and_infinity(self) -> None:
         assert pairs(revenue_to_cents(pd.Series([np.nan]), "cents")) == [(None, None)]
@@ -342,12 +364,12 @@ class TestRevenueProperties:
     )
     def test_floats_match_the_decimal_reference(self, numbers: list[float]) -> None:
         result = revenue_to_cents(pd.Series(numbers, dtype=np.float64), "dollars")
-        assert values(result) == [reference_cents(repr(x)) for x in numbers]
+        assert values(result) == [reference_or_none(repr(x)) for x in numbers]
 
     @settings(max_examples=100, deadline=None)
     @given(st.lists(_written_decimals, min_size=1, max_size=30))
     def test_decimals_and_text_match_the_decimal_reference(self, numbers: list[Decimal]) -> None:
-        expected = [reference_cents(str(d)) for d in numbers]
+        expected = [reference_or_none(str(d)) for d in numbers]
         assert values(revenue_to_cents(pd.Series(numbers, dtype=object), "dollars")) == expected
         texts = [str(d) for d in numbers]
         assert values(revenue_to_cents(pd.Series(texts, dtype="str"), "dollars")) == expected
@@ -501,11 +523,11 @@ class TestTimeObjectsAndNumbers:
         result = time_to_unix_ms(pd.Series([NOV_26_10_UTC // 1000]), "UTC", now_ms=NOW_MS)
         assert values(result) == [None]
         assert "before 2000-01-01" in reasons(result)[0]
-        assert "looks like seconds" in reasons(result)[0]
+        assert "looks like Unix seconds: multiply by 1000" in reasons(result)[0]
 
     def test_small_numbers_before_2000_without_seconds_hint(self) -> None:
         reason = reasons(time_to_unix_ms(pd.Series([5]), "UTC", now_ms=NOW_MS))[0]
-        assert "before 2000-01-01" in reason and "looks like seconds" not in reason
+        assert "before 2000-01-01" in reason and "looks like" not in reason
 
     def test_timestamps_before_2000_are_invalid(self) -> None:
         column = pd.Series(pd.to_datetime(["1999-12-31T23:59:59.999", "2000-01-01T00:00:00"], format="ISO8601"))
@@ -520,7 +542,7 @@ class TestTimeObjectsAndNumbers:
 
     def test_microseconds_get_a_hint(self) -> None:
         reason = reasons(time_to_unix_ms(pd.Series([NOV_26_10_UTC * 1000]), "UTC", now_ms=NOW_MS))[0]
-        assert "looks like microseconds" in reason
+        assert "looks like Unix microseconds: divide by 1000" in reason
 
     def test_now_defaults_to_the_clock(self) -> None:
         far = ms(dt.datetime(2200, 1, 1, tzinfo=UTC))
@@ -683,13 +705,13 @@ class TestPropertiesColumn:
                     "n": Decimal("2"),
                     "at": dt.datetime(2026, 1, 1),
                     "x": np.int64(3),
-                    "f": float("nan"),
+                    "missing": pd.NA,
                 }
             ],
             dtype=object,
         )
         (value,) = values(properties_to_json_objects(column))
-        assert value == {"amount": 1.5, "n": 2, "at": "2026-01-01T00:00:00", "x": 3, "f": None}
+        assert value == {"amount": 1.5, "n": 2, "at": "2026-01-01T00:00:00", "x": 3, "missing": None}
         json.dumps(value, allow_nan=False)
 
     def test_unrepresentable_value_is_invalid(self) -> None:
@@ -954,3 +976,229 @@ class TestTransformChunk:
         chunk = transform_chunk(df, TransformConfig(key_column="order_id"), now_ms=NOW_MS)
         assert len(chunk.events) == size and chunk.keys == [str(i) for i in range(size)]
         assert [e["revenue"] for e in chunk.events] == [reference_cents(repr(x)) for x in df["revenue"]]
+
+
+# --------------------------------------------------------------------------
+# Poison values: what JSON or UTF-8 cannot carry is rejected, never sent or raised
+# --------------------------------------------------------------------------
+
+
+def _deep(levels: int) -> dict[str, object]:
+    value: dict[str, object] = {"leaf": 1}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+class TestPoisonIds:
+    @pytest.mark.parametrize("dtype", ["str", object])
+    def test_lone_surrogates_are_invalid(self, dtype: object) -> None:
+        column = pd.Series(["ok", "x\ud800", "\udcff", "caf\u00e9", "\U0001f600", None], dtype=dtype)
+        result = ids_to_strings(column, field="session_id")
+        assert values(result) == ["ok", None, None, "caf\u00e9", "\U0001f600", None]
+        assert [r is not None for r in reasons(result)] == [False, True, True, False, False, False]
+        assert "lone surrogate" in reasons(result)[1] and "\\ud800" in reasons(result)[1]
+        for reason in reasons(result):
+            (reason or "").encode("utf-8")  # the reason shows the surrogate escaped
+
+    def test_decimal_nan_and_huge_integers_are_invalid_not_null_or_a_crash(self) -> None:
+        column = pd.Series([Decimal("NaN"), Decimal("sNaN"), 10**5000, Decimal("1E+5000")], dtype=object)
+        result = ids_to_strings(column, field="user_id")
+        assert values(result) == [None] * 4
+        assert all(r.startswith("user_id ") for r in reasons(result))
+        assert "integer of" in reasons(result)[2]
+
+    def test_a_key_with_a_lone_surrogate_rejects_its_row_under_its_number(self) -> None:
+        df = frame(order_id=pd.Series(["A-1", "A-\ud800"], dtype="str"))
+        chunk = transform_chunk(df, TransformConfig(key_column="order_id"), now_ms=NOW_MS)
+        assert chunk.keys == ["A-1"]
+        assert [(r.row, r.field) for r in chunk.rejects] == [("row 1", "order_id")]
+
+    @pytest.mark.parametrize("name", ["label", "conversion_id"])
+    def test_constants_with_lone_surrogates_are_config_errors(self, name: str) -> None:
+        with pytest.raises(PagentConfigError, match="lone surrogate"):
+            TransformConfig(**{name: "purchase\ud800"})
+
+    def test_properties_column_names_with_lone_surrogates_are_config_errors(self) -> None:
+        with pytest.raises(PagentConfigError, match="lone surrogate"):
+            TransformConfig(properties_columns=["ok", "bad\udc00"])
+
+
+class TestPoisonTimes:
+    @pytest.mark.parametrize("value", [Decimal("NaN"), Decimal("sNaN"), Decimal("-Infinity")])
+    def test_non_finite_decimals_are_invalid_not_null(self, value: Decimal) -> None:
+        result = time_to_unix_ms(pd.Series([value, NOV_26_10_UTC], dtype=object), "UTC", now_ms=NOW_MS)
+        assert values(result) == [None, NOV_26_10_UTC]
+        assert "not a finite number" in reasons(result)[0]
+
+    def test_huge_integers_are_out_of_range_not_a_crash(self) -> None:
+        result = time_to_unix_ms(pd.Series([10**5000], dtype=object), "UTC", now_ms=NOW_MS)
+        assert values(result) == [None] and "out of range" in reasons(result)[0]
+
+
+class TestPoisonRevenue:
+    def test_nan_text_says_nan_is_not_null(self) -> None:
+        result = revenue_to_cents(pd.Series(["NaN", " nan ", "19.99"], dtype="str"), "dollars")
+        assert values(result) == [None, None, 1999]
+        assert all("not NULL" in r for r in reasons(result)[:2])
+
+    def test_huge_integer_objects_are_too_large_not_a_crash(self) -> None:
+        result = revenue_to_cents(pd.Series([10**5000], dtype=object), "cents")
+        assert values(result) == [None] and "too large" in reasons(result)[0]
+
+    def test_chunk_reason_names_the_revenue_column(self) -> None:
+        df = frame(amount=pd.Series([Decimal("1.00"), Decimal("NaN"), Decimal("Infinity"), None], dtype=object))
+        chunk = transform_chunk(df, TransformConfig(columns={"revenue": "amount"}), now_ms=NOW_MS)
+        assert [e.get("revenue") for e in chunk.events] == [100, None]  # NULL: sent without revenue
+        assert [(r.row, r.field) for r in chunk.rejects] == [("row 1", "revenue"), ("row 2", "revenue")]
+        assert all(r.reason.startswith("column 'amount': revenue Decimal(") for r in chunk.rejects)
+        assert "not NULL" in chunk.rejects[0].reason
+
+
+class TestPoisonProperties:
+    @pytest.mark.parametrize(
+        ("value", "path", "words"),
+        [
+            ('{"a": "\\ud800"}', "properties.a ", "lone surrogate"),
+            ('{"a": "x\ud800"}', "properties.a ", "lone surrogate"),
+            ('{"\\udc00": 1}', "properties ", "lone surrogate"),
+            ('{"items": [{"price": 1}, {"price": 1e400}]}', "properties.items[1].price ", "not a finite number"),
+            ('[{"a": -1e400}]', "properties[0].a ", "inf"),
+            ('{"n": 18446744073709551616}', "properties.n ", "64 bits"),
+            ('{"a":' * 33 + "1" + "}" * 33, "properties" + ".a" * 32 + " ", "deeper than 32"),
+            ('{"a":' * 100_000 + "1" + "}" * 100_000, "properties '", "deeper than 32"),
+            ('{"odd key": [NaN]}', "properties '", "not valid JSON"),
+            ({"a": float("nan")}, "properties.a ", "not a finite number"),
+            ({"a": np.float64("inf")}, "properties.a ", "not a finite number"),
+            ({"a": Decimal("NaN")}, "properties.a ", "Decimal('NaN')"),
+            ({"a": Decimal("sNaN")}, "properties.a ", "not a finite number"),
+            ({"a": Decimal("1E+400")}, "properties.a ", "64 bits"),
+            ({"a": b"\xff"}, "properties.a ", "not UTF-8"),
+            ({"a": {1, 2}}, "properties.a ", "set"),
+            ({"a": 1j}, "properties.a ", "complex"),
+            ({"a": object()}, "properties.a ", "object"),
+            ({1: "x"}, "properties ", "keys are strings"),
+            ({"a": {"b\ud800": 1}}, "properties.a ", "lone surrogate"),
+            ({"odd key": [None, "\udfff"]}, "properties['odd key'][1] ", "lone surrogate"),
+            (_deep(33), "properties" + ".a" * 32 + " ", "deeper than 32"),
+        ],
+    )
+    def test_rejected_with_the_path(self, value: object, path: str, words: str) -> None:
+        result = properties_to_json_objects(pd.Series([value, '{"fine": 1}'], dtype=object))
+        assert values(result) == [None, {"fine": 1}]
+        reason = reasons(result)[0]
+        assert reason.startswith(path) and words in reason, reason
+        reason.encode("utf-8")
+
+    def test_a_circular_structure_is_rejected_not_a_recursion_error(self) -> None:
+        loop: dict[str, object] = {}
+        loop["again"] = loop
+        result = properties_to_json_objects(pd.Series([loop], dtype=object))
+        assert values(result) == [None] and "deeper than 32" in reasons(result)[0]
+
+    def test_documented_conversions_are_kept(self) -> None:
+        column = pd.Series(
+            [
+                {
+                    "at": pd.Timestamp("2026-01-01T10:00:00.5", tz="UTC"),
+                    "day": dt.date(2026, 1, 2),
+                    "amount": Decimal("1.50"),
+                    "whole": Decimal("2.00"),
+                    "id": uuid.UUID(int=1),
+                    "text": b"caf\xc3\xa9",
+                    "np": [np.int64(1), np.float64(2.5), np.bool_(True), np.datetime64("NaT")],
+                    "na": pd.NA,
+                    "pair": (1, 2),
+                    "emoji": "\U0001f600",
+                    "deep": _deep(31),
+                }
+            ],
+            dtype=object,
+        )
+        [value] = values(properties_to_json_objects(column))
+        assert value == {
+            "at": "2026-01-01T10:00:00.500000+00:00",
+            "day": "2026-01-02",
+            "amount": 1.5,
+            "whole": 2,
+            "id": "00000000-0000-0000-0000-000000000001",
+            "text": "café",
+            "np": [1, 2.5, True, None],
+            "na": None,
+            "pair": [1, 2],
+            "emoji": "\U0001f600",
+            "deep": _deep(31),
+        }
+
+
+class TestPoisonGatheredProperties:
+    def test_float_column_infinity_is_invalid_and_nan_is_null(self) -> None:
+        df = pd.DataFrame({"weight": [1.5, np.inf, np.nan, -np.inf]})
+        result = gather_properties(df, ["weight"])
+        assert [r is not None for r in reasons(result)] == [False, True, False, True]
+        assert values(result)[2] == {"weight": None}
+        assert "properties column 'weight' (properties.weight) is inf" in reasons(result)[1]
+
+    @pytest.mark.parametrize("dtype", ["str", object])
+    def test_text_with_a_lone_surrogate_is_invalid(self, dtype: object) -> None:
+        df = pd.DataFrame({"note": pd.Series(["fine \u4e2d", "ab\udcff", None], dtype=dtype)})
+        result = gather_properties(df, ["note"])
+        assert [r is not None for r in reasons(result)] == [False, True, False]
+        assert "'note'" in reasons(result)[1] and "lone surrogate" in reasons(result)[1]
+
+    def test_object_values_follow_the_nested_rules(self) -> None:
+        df = pd.DataFrame(
+            {"meta": pd.Series([{"a": [1, float("nan")]}, Decimal("NaN"), np.nan, None, {"ok": True}], dtype=object)}
+        )
+        result = gather_properties(df, ["meta"])
+        assert [r is not None for r in reasons(result)] == [True, True, False, False, False]
+        assert reasons(result)[0].startswith("properties column 'meta' (properties.meta.a[1]) is nan")
+        assert values(result)[2:] == [{"meta": None}, {"meta": None}, {"meta": {"ok": True}}]
+
+
+class TestPoisonChunk:
+    def test_poison_rows_are_rejected_and_the_rest_go_on(self) -> None:
+        df = frame(
+            session_id=pd.Series(["s0", "s\ud800", "s2", "s3", "s4"], dtype="str"),
+            properties=pd.Series(['{"a": 1}', None, '{"a": 1e400}', '{"a": "\\udfff"}', '{"a": "é"}'], dtype="str"),
+            time=pd.to_datetime(["2026-11-26T10:00:00"] * 5),
+        )
+        chunk = transform_chunk(df, TransformConfig(), row_offset=100, now_ms=NOW_MS)
+        assert [e["session_id"] for e in chunk.events] == ["s0", "s4"]
+        assert chunk.positions == [0, 4]
+        assert [(r.row, r.field) for r in chunk.rejects] == [
+            ("row 101", "session_id"),
+            ("row 102", "properties"),
+            ("row 103", "properties"),
+        ]
+        for event in chunk.events:
+            json.dumps(event, allow_nan=False, ensure_ascii=False).encode("utf-8")
+
+    def test_positions_follow_the_valid_rows(self) -> None:
+        df = frame(session_id=[None, "a", None, "b"])
+        chunk = transform_chunk(df, TransformConfig(), now_ms=NOW_MS)
+        assert chunk.positions == [1, 3] and len(chunk.positions) == len(chunk.events)
+
+    def test_a_mapped_column_is_named_in_the_reason(self) -> None:
+        df = frame(paid_at=[None, "2026-11-26T10:00:00Z"]).drop(columns="time")
+        chunk = transform_chunk(df, TransformConfig(columns={"time": "paid_at"}), now_ms=NOW_MS)
+        assert chunk.rejects[0].reason.startswith("column 'paid_at': time is NULL")
+
+
+_ascii_or_any = st.text(alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF))
+
+
+class TestPoisonProperty:
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(_ascii_or_any, min_size=1, max_size=30))
+    def test_text_ids_are_valid_exactly_when_utf8_can_encode_them(self, texts: list[str]) -> None:
+        def encodable(text: str) -> bool:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+            return True
+
+        result = ids_to_strings(pd.Series(texts, dtype="str"), field="session_id")
+        expected = [t if t.strip() and encodable(t) else None for t in texts]
+        assert values(result) == expected

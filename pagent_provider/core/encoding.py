@@ -14,16 +14,33 @@ from typing import Any
 
 from pagent_provider.core.ledger import MAX_KEY_LENGTH
 
+# Stored content hashes depend on these exact settings: changing any of them
+# makes every event of a re-run look "changed after send".
 _encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+#: What :func:`encode_event` and :func:`content_hash` raise for an event that
+#: JSON or UTF-8 cannot carry: ``ValueError`` (NaN or infinity, a circular
+#: reference, an integer too long to print, and ``UnicodeEncodeError`` for a
+#: lone surrogate), ``TypeError`` (a value of a type JSON has no form for) and
+#: ``RecursionError`` (nesting too deep).
+ENCODING_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, RecursionError)
 
 
 def encode_event(event: dict[str, Any]) -> str:
-    """The canonical JSON text of one event (sorted keys, no spaces)."""
+    """The canonical JSON text of one event (sorted keys, no spaces, non-ASCII kept as is).
+
+    Raises:
+        ValueError, TypeError, RecursionError: see :data:`ENCODING_ERRORS`.
+    """
     return _encoder.encode(event)
 
 
 def content_hash(encoded_event: str) -> str:
-    """A 128-bit BLAKE2b hex digest of an event's canonical JSON."""
+    """A 128-bit BLAKE2b hex digest of an event's canonical JSON, encoded as UTF-8.
+
+    Raises:
+        UnicodeEncodeError: the text holds a lone surrogate (see :data:`ENCODING_ERRORS`).
+    """
     return hashlib.blake2b(encoded_event.encode(), digest_size=16).hexdigest()
 
 

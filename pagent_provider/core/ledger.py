@@ -1,8 +1,10 @@
 """The delivery ledger: which conversions were sent, are being sent, or have an unknown fate.
 
 pagent has no idempotency key, so whatever is sent twice is counted twice. The
-ledger is a table, kept in any SQL database SQLAlchemy reaches (SQLite,
-PostgreSQL, MariaDB/MySQL), with one row per ``(namespace, event_key)``:
+ledger is a table, kept in PostgreSQL, MySQL/MariaDB or SQLite (what each of
+them offers, and why others are refused, is in
+:mod:`pagent_provider.core.ledger_dialects`), with one row per
+``(namespace, event_key)``, keys compared byte for byte:
 
 ``claimed``
     a run is sending it now. The claim is taken atomically (insert-if-absent
@@ -19,7 +21,8 @@ PostgreSQL, MariaDB/MySQL), with one row per ``(namespace, event_key)``:
 
 A definite failure deletes the claim, so the next run tries again. Rows that
 cannot be delivered (invalid, or refused by pagent) are logged in a sibling
-table, ``<table>_rejects``, with the reason.
+table, ``<table>_rejects``, with the reason. Every transaction is retried
+while the database fails transiently (:mod:`pagent_provider.core.ledger_retry`).
 """
 
 from __future__ import annotations
@@ -30,28 +33,38 @@ import operator
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from pagent_provider.core import defaults
+from pagent_provider.core.ledger_dialects import LedgerDialect, ledger_dialect
+from pagent_provider.core.ledger_retry import LedgerRetry
 from pagent_provider.core.owner import ClaimOwner
-from pagent_provider.exceptions import PagentConfigError
+from pagent_provider.exceptions import PagentConfigError, PagentLedgerError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 UnknownOutcomePolicy = Literal["resend", "skip"]
 UNKNOWN_OUTCOME_POLICIES = ("resend", "skip")
 
 CLAIMED, SENT, UNKNOWN = "claimed", "sent", "unknown"
 MAX_KEY_LENGTH = 255
+#: The default time budget of a ledger transaction that keeps failing transiently.
+WRITE_RETRY_S = 60.0
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # Bound every IN (...) list: SQLite allows 32,766 parameters, and shorter lists plan better.
 _LOOKUP_SLICE = 500
+# Times a claim re-inserts keys released by another run between its insert and its lookup.
+_VANISHED_ROUNDS = 3
+_UNRECORDED_SENT = (
+    "the ledger still holds them as claims, which the next run treats as an unknown outcome "
+    "(with unknown_outcome='resend' it sends them again)"
+)
 
 
 def now_ms() -> int:
@@ -62,6 +75,16 @@ def now_ms() -> int:
 def _slices(items: Sequence[str], size: int = _LOOKUP_SLICE) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _acknowledged(batches: int) -> str:
+    return f"the events of {batches} batches were acknowledged by pagent but could not be recorded as sent: " + (
+        _UNRECORDED_SENT
+    )
+
+
+def _examples(keys: Iterable[str], count: int = 3) -> str:
+    return ", ".join(repr(key[:40]) for key in itertools.islice(sorted(keys), count))
 
 
 @dataclass(frozen=True)
@@ -84,6 +107,11 @@ class LedgerRow:
 class ClaimResult:
     """The outcome of claiming one batch's keys.
 
+    Every key of the batch is in exactly one of ``claimed``, ``already_sent``,
+    ``unknown_skipped``, ``claimed_elsewhere`` and ``duplicate_keys``;
+    ``unknown_taken_over`` is part of ``claimed`` and ``changed_after_send`` of
+    ``already_sent``.
+
     Attributes:
         claim_id: identifies this claim in later ``mark_*`` calls.
         claimed: keys this run now owns and must send.
@@ -103,6 +131,20 @@ class ClaimResult:
     unknown_taken_over: set[str] = field(default_factory=set)
     claimed_elsewhere: list[str] = field(default_factory=list)
     duplicate_keys: list[str] = field(default_factory=list)
+
+    def unaccounted(self, keys: Collection[str]) -> str | None:
+        """What is wrong when ``keys`` are not split as the class docstring says, else ``None``."""
+        parts = (self.claimed, self.already_sent, self.unknown_skipped, self.claimed_elsewhere, self.duplicate_keys)
+        placed = set().union(*parts)
+        if placed - set(keys):
+            return f"keys that were not asked for: {_examples(placed - set(keys))}"
+        if set(keys) - placed:
+            return f"keys without an outcome: {_examples(set(keys) - placed)}"
+        if sum(map(len, parts)) != len(placed):
+            return "keys with two outcomes"
+        if not self.unknown_taken_over <= self.claimed or not set(self.changed_after_send) <= set(self.already_sent):
+            return "taken-over or changed keys outside their outcome"
+        return None
 
 
 @dataclass(frozen=True)
@@ -134,18 +176,21 @@ def _table_parts(table_name: str) -> tuple[str | None, str]:
     return schema or None, name
 
 
-def _build_tables(table_name: str) -> tuple[sa.MetaData, sa.Table, sa.Table]:
+def _build_tables(
+    table_name: str, key: Callable[[int], sa.types.TypeEngine[str]]
+) -> tuple[sa.MetaData, sa.Table, sa.Table]:
+    """The ledger and rejects tables; ``key`` is the dialect's type of a byte-exact key column."""
     schema, name = _table_parts(table_name)
     metadata = sa.MetaData(schema=schema)
     ledger = sa.Table(
         name,
         metadata,
-        sa.Column("namespace", sa.String(128), primary_key=True),
-        sa.Column("event_key", sa.String(MAX_KEY_LENGTH), primary_key=True),
+        sa.Column("namespace", key(128), primary_key=True),
+        sa.Column("event_key", key(MAX_KEY_LENGTH), primary_key=True),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("content_hash", sa.String(64), nullable=False),
-        sa.Column("claim_id", sa.String(32), nullable=False),
-        sa.Column("owner_run", sa.String(32), nullable=False),
+        sa.Column("claim_id", key(32), nullable=False),
+        sa.Column("owner_run", key(32), nullable=False),
         sa.Column("owner_host", sa.String(255)),
         sa.Column("owner_pid", sa.Integer),
         sa.Column("owner_task", sa.String(512)),
@@ -163,7 +208,7 @@ def _build_tables(table_name: str) -> tuple[sa.MetaData, sa.Table, sa.Table]:
         sa.Column("namespace", sa.String(128), nullable=False),
         sa.Column("run_token", sa.String(32), nullable=False),
         sa.Column("source", sa.String(16), nullable=False),
-        sa.Column("event_key", sa.String(MAX_KEY_LENGTH)),
+        sa.Column("event_key", key(MAX_KEY_LENGTH)),
         sa.Column("row_ref", sa.String(MAX_KEY_LENGTH), nullable=False),
         sa.Column("field", sa.String(128), nullable=False),
         sa.Column("reason", sa.String(2000), nullable=False),
@@ -173,23 +218,6 @@ def _build_tables(table_name: str) -> tuple[sa.MetaData, sa.Table, sa.Table]:
     return metadata, ledger, rejects
 
 
-def _on_sqlite_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-    # WAL lets the ledger commit while the same file is being read in chunks,
-    # and the busy timeout lets parallel workers queue instead of failing.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout = 30000")
-    cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.close()
-
-
-def _prepare_sqlite(engine: sa.Engine) -> None:
-    # Once per engine: every Ledger built on a shared engine used to add one more
-    # listener, and adding one while another thread opens a connection (which
-    # iterates the listeners) fails with "deque mutated during iteration".
-    if not sa.event.contains(engine, "connect", _on_sqlite_connect):
-        sa.event.listen(engine, "connect", _on_sqlite_connect)
-
-
 class Ledger:
     """Claims, marks and looks up conversions in a SQL table; see the module docstring.
 
@@ -197,7 +225,7 @@ class Ledger:
     trip per row.
 
     Args:
-        engine: where the table lives.
+        engine: where the table lives: PostgreSQL, MySQL/MariaDB or SQLite.
         namespace: scope of the keys; runs that upload to the same pagent account
             should share it (the operator defaults it to the pagent connection id).
         owner: written on the claims of this run.
@@ -205,6 +233,12 @@ class Ledger:
             ``<table>_rejects``.
         claim_timeout_s: a claim whose heartbeat is older counts as abandoned.
         unknown_outcome: ``"resend"`` (at least once) or ``"skip"`` (at most once).
+        write_retry_s: how long a ledger transaction is retried while the database
+            fails transiently (locked, connection lost) before the run gives up.
+
+    Raises:
+        PagentLedgerError: the database cannot keep the ledger (it does not
+            enforce primary keys, or the ledger has not been checked on it).
     """
 
     def __init__(
@@ -216,6 +250,7 @@ class Ledger:
         table_name: str = defaults.LEDGER_TABLE,
         claim_timeout_s: float = defaults.CLAIM_TIMEOUT_S,
         unknown_outcome: UnknownOutcomePolicy = defaults.UNKNOWN_OUTCOME,  # type: ignore[assignment]
+        write_retry_s: float = WRITE_RETRY_S,
     ) -> None:
         if unknown_outcome not in UNKNOWN_OUTCOME_POLICIES:
             raise PagentConfigError(f"unknown_outcome must be 'resend' or 'skip', got {unknown_outcome!r}")
@@ -223,35 +258,65 @@ class Ledger:
             raise PagentConfigError("the ledger namespace must be 1 to 128 characters")
         if claim_timeout_s <= 0:
             raise PagentConfigError("claim_timeout_s must be a positive number of seconds")
+        if write_retry_s < 0:
+            raise PagentConfigError("write_retry_s must be 0 or more seconds")
+        self.database: LedgerDialect = ledger_dialect(engine.dialect.name)
         self.engine = engine
         self.namespace = namespace
         self.owner = owner or ClaimOwner()
         self.table_name = table_name
         self.claim_timeout_ms = int(claim_timeout_s * 1000)
         self.unknown_outcome: UnknownOutcomePolicy = unknown_outcome
-        self.metadata, self.table, self.rejects_table = _build_tables(table_name)
-        self._claim_statement = self._build_claim_statement()
+        self.metadata, self.table, self.rejects_table = _build_tables(table_name, self.database.key_type)
+        self._retry = LedgerRetry(budget_s=write_retry_s, permanent=self.database.permanent, table=table_name)
+        # One statement, compiled once and run with a list of rows (executemany):
+        # building a new multi-row VALUES per batch costs more than the database work.
+        self._claim_statement = self.database.claim_insert(self.table)
         self._sqlite_claim: tuple[str, tuple[str, ...]] | None = None
         self._claim_prefix = uuid.uuid4().hex[:16]
         self._claim_counter = itertools.count()
-        if engine.dialect.name == "sqlite":
-            _prepare_sqlite(engine)
+        if self.database.prepare_engine is not None:
+            self.database.prepare_engine(engine)
 
     def __repr__(self) -> str:
         return f"Ledger(table={self.table_name!r}, namespace={self.namespace!r}, url={self.engine.url!r})"
 
+    # --- transactions -------------------------------------------------------
+
+    def _write(self, operation: str, consequence: Callable[[], str], work: Callable[[sa.Connection], T]) -> T:
+        """``work`` in one transaction, retried as a whole while the database fails transiently."""
+
+        def attempt() -> T:
+            with self.engine.begin() as conn:
+                return work(conn)
+
+        return self._retry.run(operation, consequence, attempt)
+
+    def _read(self, operation: str, work: Callable[[sa.Connection], T]) -> T:
+        def attempt() -> T:
+            with self.engine.connect() as conn:
+                return work(conn)
+
+        return self._retry.run(operation, lambda: "nothing was changed", attempt)
+
     # --- set-up -----------------------------------------------------------
 
     def create_tables(self) -> None:
-        """Create the ledger and rejects tables when missing (safe when several workers race)."""
-        if self.engine.dialect.name == "sqlite":
-            # Switch the file to WAL now, before the sync reads its first chunk. The
-            # connect hook cannot do it for a connection opened later while another
-            # one (opened before this Ledger existed, e.g. the reader on a shared
-            # engine) holds a read transaction: it would wait out the busy timeout
-            # and fail with "database is locked". Once the file is WAL, it stays WAL.
+        """Create the ledger and rejects tables when missing (safe when several workers race).
+
+        Raises:
+            PagentLedgerError: an existing table's key columns do not compare
+                byte-exactly (made by an earlier version); the message says how
+                to fix them.
+        """
+        if self.database.before_create is not None:
+            self.database.before_create(self.engine)
+        self._create_missing_tables()
+        if self.database.check_key_columns is not None:
             with self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+                self.database.check_key_columns(conn, self._key_columns())
+
+    def _create_missing_tables(self) -> None:
         attempts = 3
         for attempt in range(1, attempts + 1):
             try:
@@ -268,6 +333,11 @@ class Ledger:
                     if not all(inspector.has_table(t.name, schema=schema) for t in (self.table, self.rejects_table)):
                         raise
 
+    def _key_columns(self) -> list[sa.Column[str]]:
+        """The columns that must compare byte-exactly, grouped by table."""
+        t = self.table
+        return [t.c.namespace, t.c.event_key, t.c.claim_id, t.c.owner_run, self.rejects_table.c.event_key]
+
     def tables_exist(self) -> bool:
         """True when the ledger table is there."""
         return sa.inspect(self.engine).has_table(self.table.name, schema=self.table.schema)
@@ -276,25 +346,27 @@ class Ledger:
 
     def lookup(self, keys: Sequence[str]) -> dict[str, LedgerRow]:
         """The ledger rows for ``keys`` (missing keys are absent from the result)."""
+        return self._read("lookup", lambda conn: self._lookup(conn, keys))
+
+    def _lookup(self, conn: sa.Connection, keys: Sequence[str]) -> dict[str, LedgerRow]:
         t = self.table
         found: dict[str, LedgerRow] = {}
-        with self.engine.connect() as conn:
-            for keys_slice in _slices(keys):
-                rows = conn.execute(
-                    sa.select(
-                        t.c.event_key,
-                        t.c.status,
-                        t.c.content_hash,
-                        t.c.claim_id,
-                        t.c.owner_run,
-                        t.c.owner_host,
-                        t.c.owner_pid,
-                        t.c.owner_task,
-                        t.c.owner_try,
-                        t.c.heartbeat_at,
-                    ).where(t.c.namespace == self.namespace, t.c.event_key.in_(keys_slice))
-                )
-                found.update((row.event_key, LedgerRow(*row)) for row in rows)
+        for keys_slice in _slices(keys):
+            rows = conn.execute(
+                sa.select(
+                    t.c.event_key,
+                    t.c.status,
+                    t.c.content_hash,
+                    t.c.claim_id,
+                    t.c.owner_run,
+                    t.c.owner_host,
+                    t.c.owner_pid,
+                    t.c.owner_task,
+                    t.c.owner_try,
+                    t.c.heartbeat_at,
+                ).where(t.c.namespace == self.namespace, t.c.event_key.in_(keys_slice))
+            )
+            found.update((row.event_key, LedgerRow(*row)) for row in rows)
         return found
 
     def sent_hashes(self, keys: Sequence[str]) -> dict[str, str]:
@@ -302,26 +374,25 @@ class Ledger:
 
         The cheap question a run asks of every chunk, so it reads two columns only.
         """
+        return self._read("lookup of sent keys", lambda conn: self._sent_hashes(conn, keys))
+
+    def _sent_hashes(self, conn: sa.Connection, keys: Sequence[str]) -> dict[str, str]:
         t = self.table
         found: dict[str, str] = {}
-        with self.engine.connect() as conn:
-            for keys_slice in _slices(keys, 2 * _LOOKUP_SLICE):
-                rows = conn.execute(
-                    sa.select(t.c.event_key, t.c.content_hash).where(
-                        t.c.namespace == self.namespace, t.c.status == SENT, t.c.event_key.in_(keys_slice)
-                    )
+        for keys_slice in _slices(keys, 2 * _LOOKUP_SLICE):
+            rows = conn.execute(
+                sa.select(t.c.event_key, t.c.content_hash).where(
+                    t.c.namespace == self.namespace, t.c.status == SENT, t.c.event_key.in_(keys_slice)
                 )
-                found.update((key, content_hash) for key, content_hash in rows)
+            )
+            found.update((key, content_hash) for key, content_hash in rows)
         return found
 
     def count_by_status(self) -> dict[str, int]:
         """How many keys of this namespace are in each status."""
         t = self.table
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(t.c.status, sa.func.count()).where(t.c.namespace == self.namespace).group_by(t.c.status)
-            )
-            return {status: count for status, count in rows}
+        query = sa.select(t.c.status, sa.func.count()).where(t.c.namespace == self.namespace).group_by(t.c.status)
+        return self._read("count", lambda conn: {status: count for status, count in conn.execute(query)})
 
     # --- claiming ---------------------------------------------------------
 
@@ -338,7 +409,14 @@ class Ledger:
         elsewhere), exactly as :meth:`claim` would; doing them together only
         saves round trips and commits. ``mark_sent`` names earlier claims that
         pagent acknowledged in full: they are marked sent in the same transaction.
+
+        Raises:
+            PagentLedgerError: the ledger's answer cannot be accounted for (its
+                key column does not compare byte-exactly); nothing stays claimed.
+            PagentLedgerUnavailableError: the database kept failing.
         """
+        # Claim ids are fixed before the first attempt: when a commit went through but
+        # its answer was lost, the retry finds the rows carrying our claim id, ours.
         results = [ClaimResult(claim_id=self._new_claim_id()) for _ in batches]
         stamp = now_ms()
         rows = [
@@ -349,20 +427,46 @@ class Ledger:
         if not rows:
             self.mark_claims_sent(mark_sent)
             return results
-        with self.engine.begin() as conn:
+        inserted = self._claim_and_mark(rows, mark_sent)
+        try:
+            for result, entries in zip(results, batches, strict=True):
+                keys = {key for key, _ in entries}
+                # compare (key, claim id): a key repeated in two batches is inserted for one of them only
+                if inserted is not None and {(key, result.claim_id) for key in keys} <= inserted:
+                    result.claimed = keys
+                elif entries:
+                    self._settle_conflicts(entries, result, stamp)
+        except PagentLedgerError:
+            self._release_quietly([result.claim_id for result in results])
+            raise
+        return results
+
+    def _claim_and_mark(self, rows: list[dict[str, object]], mark_sent: Sequence[str]) -> set[tuple[str, str]] | None:
+        attempts = itertools.count()
+
+        def claim(conn: sa.Connection) -> set[tuple[str, str]] | None:
+            if next(attempts):
+                self._restamp(rows)  # a claim retried for a while must not look abandoned at once
             # Insert first, mark after: a transaction that is marking its own rows then
             # waits for nobody, so two runs' transactions cannot wait on each other
             # (marking first deadlocks against a run inserting the keys being marked).
             inserted = self._insert_if_absent(conn, rows)
             self._mark_claims_sent(conn, mark_sent)
-        for result, entries in zip(results, batches, strict=True):
-            keys = {key for key, _ in entries}
-            # compare (key, claim id): a key repeated in two batches is inserted for one of them only
-            if inserted is not None and {(key, result.claim_id) for key in keys} <= inserted:
-                result.claimed = keys
-            elif entries:
-                self._settle_conflicts(entries, result, stamp)
-        return results
+            return inserted
+
+        def consequence() -> str:
+            text = f"{len(rows)} events could not be claimed, so none of them was sent"
+            if mark_sent:
+                text += f"; and {_acknowledged(len(mark_sent))}"
+            return text
+
+        return self._write("claim", consequence, claim)
+
+    @staticmethod
+    def _restamp(rows: list[dict[str, object]]) -> None:
+        stamp = now_ms()
+        for row in rows:
+            row["claimed_at"] = row["heartbeat_at"] = stamp
 
     def _new_claim_id(self) -> str:
         # a random prefix per ledger object and a counter: unique, without a urandom call per batch
@@ -391,67 +495,28 @@ class Ledger:
         # runs inserting overlapping keys in different orders (overlapping intervals
         # read in a different order) deadlock on PostgreSQL and MariaDB.
         rows = sorted(rows, key=lambda row: str(row["event_key"]))
-        if self._claim_statement is None:
-            return self._insert_one_by_one(conn, rows)
-        if self.engine.dialect.name == "sqlite":
+        if self.database.driver_executemany:
             return self._insert_on_sqlite(conn, rows)
         result = conn.execute(self._claim_statement, rows)
-        if result.returns_rows:
+        if self.database.insert_returns_rows:
             return {(row[0], row[1]) for row in result}
-        # MySQL/MariaDB's INSERT IGNORE reports only a count
         return _inserted_if_all(rows, result.rowcount)
 
     def _insert_on_sqlite(self, conn: sa.Connection, rows: list[dict[str, object]]) -> set[tuple[str, str]] | None:
-        # sqlite3's own executemany, with the statement compiled once to text and
-        # rows as tuples: SQLAlchemy's per-row parameter handling would cost more
-        # than SQLite's work. Its rowcount sums the rows inserted.
+        # The driver's own executemany (sqlite3), with the statement compiled once to
+        # text and rows as tuples: SQLAlchemy's per-row parameter handling would cost
+        # more than SQLite's work. Its rowcount sums the rows inserted.
         if self._sqlite_claim is None:
-            compiled = self._claim_statement.compile(  # type: ignore[union-attr]
-                dialect=self.engine.dialect, column_keys=list(rows[0])
-            )
+            compiled = self._claim_statement.compile(dialect=self.engine.dialect, column_keys=list(rows[0]))
             self._sqlite_claim = (str(compiled), tuple(compiled.positiontup or ()))
         sql, names = self._sqlite_claim
         as_tuple = operator.itemgetter(*names)
         result = conn.exec_driver_sql(sql, [as_tuple(row) for row in rows])
         return _inserted_if_all(rows, result.rowcount)
 
-    def _build_claim_statement(self) -> sa.Insert | None:
-        # One statement, compiled once and run with a list of rows (executemany):
-        # building a new multi-row VALUES per batch costs more than the database work.
-        dialect = self.engine.dialect.name
-        if dialect == "sqlite":
-            return sqlite_insert(self.table).on_conflict_do_nothing()  # see _insert_on_sqlite
-        if dialect == "postgresql":
-            return (
-                postgresql_insert(self.table)
-                .on_conflict_do_nothing()
-                .returning(self.table.c.event_key, self.table.c.claim_id)
-            )
-        if dialect in ("mysql", "mariadb"):
-            return self.table.insert().prefix_with("IGNORE")
-        return None
-
-    def _insert_one_by_one(self, conn: sa.Connection, rows: list[dict[str, object]]) -> set[tuple[str, str]]:
-        # Portable fallback for dialects without insert-if-absent: the primary key still decides.
-        inserted = set()
-        for row in rows:
-            try:
-                with conn.begin_nested():
-                    conn.execute(self.table.insert().values(row))
-                inserted.add((str(row["event_key"]), str(row["claim_id"])))
-            except sa.exc.IntegrityError:
-                pass
-        return inserted
-
     def _settle_conflicts(self, entries: Sequence[tuple[str, str]], result: ClaimResult, stamp: int) -> None:
         hashes = dict(entries)
-        existing = self.lookup(list(hashes))
-        vanished = [(key, hashes[key]) for key in hashes if key not in existing]
-        if vanished:
-            # released by another run between our insert and our lookup: try once more
-            with self.engine.begin() as conn:
-                self._insert_if_absent(conn, [self._claim_row(k, h, result.claim_id, stamp) for k, h in vanished])
-            existing.update(self.lookup([key for key, _ in vanished]))
+        existing = self._existing_rows(hashes, result.claim_id)
         to_take_over: list[LedgerRow] = []
         to_mark_unknown: list[LedgerRow] = []
         for key, row in existing.items():
@@ -474,11 +539,75 @@ class Ledger:
         if to_mark_unknown:
             self._mark_abandoned_unknown(to_mark_unknown)
         if to_take_over:
-            taken = self._take_over(to_take_over, hashes, result.claim_id, stamp)
+            taken = self._take_over(to_take_over, hashes, result.claim_id)
             result.unknown_taken_over = taken
             result.claimed |= taken
             lost_race = {row.event_key for row in to_take_over} - taken
             result.claimed_elsewhere.extend(sorted(lost_race))
+        problem = result.unaccounted(hashes)
+        if problem is not None:
+            raise PagentLedgerError(
+                f"the claim of {len(hashes)} keys in ledger table {self.table_name!r} does not add up ({problem}); "
+                "nothing was sent for them"
+            )
+
+    def _existing_rows(self, hashes: dict[str, str], claim_id: str) -> dict[str, LedgerRow]:
+        """The rows of every key in ``hashes``, re-claiming keys released meanwhile by another run.
+
+        Raises:
+            PagentLedgerError: the ledger answers for keys not asked for, or has
+                no row for a key it was just asked to insert.
+        """
+        existing = self.lookup(list(hashes))
+        for _ in range(_VANISHED_ROUNDS):
+            self._check_asked(existing, hashes)
+            vanished = [(key, content_hash) for key, content_hash in hashes.items() if key not in existing]
+            if not vanished:
+                return existing
+            # released by another run between our insert and our lookup: try again
+            self._reclaim([self._claim_row(key, content_hash, claim_id, now_ms()) for key, content_hash in vanished])
+            existing.update(self.lookup([key for key, _ in vanished]))
+        self._check_asked(existing, hashes)
+        missing = hashes.keys() - existing.keys()
+        if missing:
+            raise self._not_byte_exact(f"has no row for {len(missing)} keys it was just asked to insert", missing)
+        return existing
+
+    def _reclaim(self, rows: list[dict[str, object]]) -> None:
+        self._write(
+            "claim",
+            lambda: f"{len(rows)} events could not be claimed, so none of them was sent",
+            lambda conn: self._insert_if_absent(conn, rows),
+        )
+
+    def _check_asked(self, existing: dict[str, LedgerRow], hashes: dict[str, str]) -> None:
+        unexpected = existing.keys() - hashes.keys()
+        if unexpected:
+            raise self._not_byte_exact(f"answered for {len(unexpected)} keys that were not asked for", unexpected)
+
+    def _not_byte_exact(self, problem: str, keys: Iterable[str]) -> PagentLedgerError:
+        return PagentLedgerError(
+            f"ledger table {self.table_name!r} {problem} (such as {_examples(keys)}): its key column probably does "
+            f"not compare byte-exactly in {self.database.label} (a case- or accent-insensitive collation, one that "
+            "ignores trailing spaces, or a character set that cannot hold these keys), so different keys would "
+            "share one row. Nothing was sent for this batch; the start of a sync checks the table and says how to "
+            "fix it."
+        )
+
+    def _release_quietly(self, claim_ids: Sequence[str]) -> None:
+        # Nothing was sent for these claims: give them back so that they do not look
+        # like an unknown outcome to the next run. A failure here changes nothing.
+        t = self.table
+        try:
+            with self.engine.begin() as conn:
+                for ids_slice in _slices(claim_ids):
+                    conn.execute(
+                        t.delete().where(
+                            t.c.namespace == self.namespace, t.c.claim_id.in_(ids_slice), t.c.status == CLAIMED
+                        )
+                    )
+        except sa.exc.DBAPIError as error:
+            log.warning("could not release the claims of a failed claim: %s", type(error).__name__)
 
     def _is_abandoned(self, row: LedgerRow, stamp: int) -> bool:
         if row.status != CLAIMED:
@@ -493,8 +622,9 @@ class Ledger:
         """Update ``rows`` only where their claim is still the one we read (compare-and-swap).
 
         Of two runs racing for the same abandoned key, only the first UPDATE
-        matches its old claim id. Rows go in key order, like the claiming insert,
-        so two runs never lock the same keys in opposite orders (no deadlock).
+        matches its old claim id, and a retry whose first commit went through
+        matches nothing. Rows go in key order, like the claiming insert, so two
+        runs never lock the same keys in opposite orders (no deadlock).
         """
         t = self.table
         statement = (
@@ -512,14 +642,18 @@ class Ledger:
             {"b_key": row.event_key, "b_old_claim": row.claim_id, **extra_params.get(row.event_key, {})}
             for row in sorted(rows, key=lambda row: row.event_key)
         ]
-        with self.engine.begin() as conn:
-            conn.execute(statement, params)
+        self._write(
+            "claim",
+            lambda: f"{len(rows)} events could not be claimed, so none of them was sent",
+            lambda conn: conn.execute(statement, params),
+        )
 
     def _mark_abandoned_unknown(self, rows: Sequence[LedgerRow]) -> None:
         self._swap_claims(rows, {}, status=UNKNOWN, detail="its owner stopped while it was claimed")
 
-    def _take_over(self, rows: Sequence[LedgerRow], hashes: dict[str, str], claim_id: str, stamp: int) -> set[str]:
+    def _take_over(self, rows: Sequence[LedgerRow], hashes: dict[str, str], claim_id: str) -> set[str]:
         owner = self.owner
+        stamp = now_ms()  # not the claim's start: its transactions may have been retried for a while
         self._swap_claims(
             rows,
             {row.event_key: {"b_hash": hashes[row.event_key]} for row in rows},
@@ -540,27 +674,63 @@ class Ledger:
 
     # --- after sending ----------------------------------------------------
 
-    def _execute_on_claim(self, claim_id: str, keys: Iterable[str] | None, statement: sa.Update | sa.Delete) -> None:
+    def _execute_on_claim(
+        self,
+        operation: str,
+        consequence: Callable[[], str],
+        claim_id: str,
+        keys: Iterable[str] | None,
+        statement: sa.Update | sa.Delete,
+    ) -> None:
         """Run ``statement`` on the rows of one claim: the given ``keys`` of it, or all of it."""
         t = self.table
         statement = statement.where(t.c.namespace == self.namespace, t.c.claim_id == claim_id)
-        with self.engine.begin() as conn:
-            if keys is None:
+        key_list = None if keys is None else list(keys)
+
+        def execute(conn: sa.Connection) -> None:
+            if key_list is None:
                 conn.execute(statement)
                 return
-            for keys_slice in _slices(list(keys)):
+            for keys_slice in _slices(key_list):
                 conn.execute(statement.where(t.c.event_key.in_(keys_slice)))
 
+        self._write(operation, consequence, execute)
+
+    @staticmethod
+    def _how_many(keys: list[str] | None) -> str:
+        return "the" if keys is None else str(len(keys))
+
     def mark_sent(self, claim_id: str, keys: Iterable[str] | None = None) -> None:
-        """pagent acknowledged these keys (all of the claim when ``keys`` is None)."""
+        """pagent acknowledged these keys (all of the claim when ``keys`` is None).
+
+        Raises:
+            PagentLedgerUnavailableError: the database kept failing.
+        """
+        key_list = None if keys is None else list(keys)
         update = self.table.update().values(status=SENT, sent_at=now_ms(), detail=None)
-        self._execute_on_claim(claim_id, keys, update)
+        self._execute_on_claim(
+            "mark_sent",
+            lambda: (
+                f"{self._how_many(key_list)} events of claim {claim_id} were acknowledged by pagent but "
+                f"could not be recorded as sent: {_UNRECORDED_SENT}"
+            ),
+            claim_id,
+            key_list,
+            update,
+        )
 
     def mark_claims_sent(self, claim_ids: Sequence[str]) -> None:
-        """pagent acknowledged every key of these claims: one statement for all of them."""
+        """pagent acknowledged every key of these claims: one statement for all of them.
+
+        Raises:
+            PagentLedgerUnavailableError: the database kept failing.
+        """
         if claim_ids:
-            with self.engine.begin() as conn:
-                self._mark_claims_sent(conn, claim_ids)
+            self._write(
+                "mark_claims_sent",
+                lambda: _acknowledged(len(claim_ids)),
+                lambda conn: self._mark_claims_sent(conn, claim_ids),
+            )
 
     def _mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[str]) -> None:
         t = self.table
@@ -569,29 +739,72 @@ class Ledger:
             conn.execute(update.where(t.c.namespace == self.namespace, t.c.claim_id.in_(ids_slice)))
 
     def mark_unknown(self, claim_id: str, keys: Iterable[str] | None, detail: str) -> None:
-        """The answer for these keys was lost: they may or may not have been recorded."""
-        self._execute_on_claim(claim_id, keys, self.table.update().values(status=UNKNOWN, detail=detail[:1000]))
+        """The answer for these keys was lost: they may or may not have been recorded.
+
+        Raises:
+            PagentLedgerUnavailableError: the database kept failing.
+        """
+        key_list = None if keys is None else list(keys)
+        self._execute_on_claim(
+            "mark_unknown",
+            lambda: (
+                f"{self._how_many(key_list)} events of claim {claim_id} whose answer was lost could not be "
+                "recorded as unknown: they stay claimed, which the next run treats as an unknown outcome too"
+            ),
+            claim_id,
+            key_list,
+            self.table.update().values(status=UNKNOWN, detail=detail[:1000]),
+        )
 
     def release(self, claim_id: str, keys: Iterable[str] | None = None) -> None:
-        """A definite failure: drop the claim so that a later run sends these keys again."""
+        """A definite failure: drop the claim so that a later run sends these keys again.
+
+        Raises:
+            PagentLedgerUnavailableError: the database kept failing.
+        """
         t = self.table
-        self._execute_on_claim(claim_id, keys, t.delete().where(t.c.status == CLAIMED))
+        key_list = None if keys is None else list(keys)
+        self._execute_on_claim(
+            "release",
+            lambda: (
+                f"{self._how_many(key_list)} events of claim {claim_id} that were not delivered could not be "
+                "released: they stay claimed, which the next run treats as an unknown outcome"
+            ),
+            claim_id,
+            key_list,
+            t.delete().where(t.c.status == CLAIMED),
+        )
 
     def heartbeat(self, claim_ids: Iterable[str]) -> None:
-        """Tell other workers that the owner of these claims is still alive."""
+        """Tell other workers that the owner of these claims is still alive.
+
+        Raises:
+            PagentLedgerUnavailableError: the database kept failing.
+        """
         ids = list(claim_ids)
         if not ids:
             return
         t = self.table
-        with self.engine.begin() as conn:
-            conn.execute(
-                t.update()
-                .where(t.c.namespace == self.namespace, t.c.claim_id.in_(ids), t.c.status == CLAIMED)
-                .values(heartbeat_at=now_ms())
-            )
+        update = (
+            t.update()
+            .where(t.c.namespace == self.namespace, t.c.claim_id.in_(ids), t.c.status == CLAIMED)
+            .values(heartbeat_at=now_ms())
+        )
+        self._write(
+            "heartbeat",
+            lambda: (
+                f"the {len(ids)} claims being sent could not be kept alive: once claim_timeout has passed, "
+                "another run may take them over and send them again"
+            ),
+            lambda conn: conn.execute(update),
+        )
 
     def record_rejects(self, rejects: Sequence[RejectRecord]) -> None:
-        """Log rows that will not be delivered, with the reason, in ``<table>_rejects``."""
+        """Log rows that will not be delivered, with the reason, in ``<table>_rejects``.
+
+        Raises:
+            PagentLedgerUnavailableError: the database kept failing.
+        """
         if not rejects:
             return
         stamp = now_ms()
@@ -608,5 +821,11 @@ class Ledger:
             }
             for reject in rejects
         ]
-        with self.engine.begin() as conn:
-            conn.execute(self.rejects_table.insert(), rows)
+        self._write(
+            "record_rejects",
+            lambda: (
+                f"{len(rows)} rows that will not be delivered could not be logged in {self.rejects_table.name!r} "
+                "(this run still counts and reports them)"
+            ),
+            lambda conn: conn.execute(self.rejects_table.insert(), rows),
+        )

@@ -2,7 +2,10 @@
 
 :class:`ChunkPreparer` transforms a chunk, encodes each valid event once
 (canonical JSON, content hash, ledger key), drops keys repeated within the
-chunk and those the ledger says pagent already has. :func:`prepare_ahead` runs
+chunk and those the ledger says pagent already has. An event that cannot be
+encoded (a value the transform let through that JSON or UTF-8 cannot carry)
+becomes a :class:`~pagent_provider.core.transform.RowReject` of its row, like
+any invalid row: the rest of the chunk goes on. :func:`prepare_ahead` runs
 it in a helper thread, one chunk ahead, so the senders are not left idle while
 the next chunk is read and transformed.
 """
@@ -18,14 +21,19 @@ from typing import Any
 import pandas as pd
 
 from pagent_provider.core.delivery import PendingEvent
-from pagent_provider.core.encoding import content_hash, encode_event, ledger_key
+from pagent_provider.core.encoding import ENCODING_ERRORS, content_hash, encode_event, ledger_key
+from pagent_provider.core.events import event_json_problem
 from pagent_provider.core.ledger import Ledger
-from pagent_provider.core.transform import RowReject, TransformConfig, check_columns, transform_chunk
+from pagent_provider.core.transform import RowReject, TransformConfig, TransformedChunk, check_columns, transform_chunk
 
 
 @dataclass
 class PreparedChunk:
-    """A chunk's events still to send, and what was counted on the way."""
+    """A chunk's events still to send, and what was counted on the way.
+
+    ``rejects`` holds the transform's rejects in row order, then those of the
+    (rare) events that failed to encode; ``valid`` counts neither.
+    """
 
     pending: list[PendingEvent]
     rows: int
@@ -55,25 +63,42 @@ class ChunkPreparer:
         """Transform, encode, de-duplicate and skip what was sent, for one chunk."""
         if self._rows_seen == 0:
             check_columns(list(chunk.columns), self.transform)
-        transformed = transform_chunk(chunk, self.transform, row_offset=self._rows_seen)
+        row_offset = self._rows_seen
+        transformed = transform_chunk(chunk, self.transform, row_offset=row_offset)
         self._rows_seen += transformed.rows
+        pending, unencodable = self._encode(transformed, row_offset)
         prepared = PreparedChunk(
-            pending=[], rows=transformed.rows, valid=len(transformed.events), rejects=transformed.rejects
+            pending=[],
+            rows=transformed.rows,
+            valid=len(transformed.events) - len(unencodable),
+            rejects=transformed.rejects + unencodable,
         )
-        unique = self._drop_duplicates(self._encode(transformed.events, transformed.keys), prepared)
+        unique = self._drop_duplicates(pending, prepared)
         prepared.pending = self._skip_sent(unique, prepared)
         return prepared
 
     @staticmethod
-    def _encode(events: list[dict[str, Any]], keys: list[str] | None) -> list[PendingEvent]:
+    def _encode(transformed: TransformedChunk, row_offset: int) -> tuple[list[PendingEvent], list[RowReject]]:
+        """Encode each event once; an event that cannot be encoded becomes a reject of its row.
+
+        The ``try`` costs nothing until an event fails (zero-cost exceptions),
+        so the common case stays one C-level encode and hash per event.
+        """
+        keys = transformed.keys
         pending = []
-        for index, event in enumerate(events):
-            encoded = encode_event(event)
-            digest = content_hash(encoded)
+        rejects = []
+        for index, event in enumerate(transformed.events):
             source_key = keys[index] if keys is not None else None
+            try:
+                encoded = encode_event(event)
+                digest = content_hash(encoded)
+            except ENCODING_ERRORS as error:
+                row = source_key if source_key is not None else f"row {row_offset + transformed.positions[index]}"
+                rejects.append(_unencodable(row, event, error))
+                continue
             key = ledger_key(source_key) if source_key is not None else digest
             pending.append(PendingEvent(key, digest, encoded, source_key or f"hash {digest}"))
-        return pending
+        return pending, rejects
 
     @staticmethod
     def _drop_duplicates(pending: list[PendingEvent], prepared: PreparedChunk) -> list[PendingEvent]:
@@ -105,6 +130,17 @@ class ChunkPreparer:
             if sent_hash != event.content_hash:
                 prepared.changed_after_send += 1
         return remaining
+
+
+def _unencodable(row: str, event: dict[str, Any], error: Exception) -> RowReject:
+    """The reject of an event that failed to encode, naming the field at fault when it can be found."""
+    found = event_json_problem(event)
+    if found is not None:
+        field, problem = found
+        return RowReject(row=row, field=field.partition(".")[0].partition("[")[0], reason=f"{field} {problem}")
+    # Not expected: every failure the encoder has is one event_json_problem finds.
+    shown = ascii(f"{type(error).__name__}: {error}")[1:-1]
+    return RowReject(row=row, field="event", reason=f"the event cannot be encoded as JSON ({shown})")
 
 
 _DONE = object()

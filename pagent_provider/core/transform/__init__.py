@@ -16,6 +16,12 @@ valid). A missing value (NULL, NaN, NaT) is ``None`` in both: whether a
 missing value is acceptable depends on the event field, so
 :func:`transform_chunk` decides that.
 
+The rules an event must meet (time range, revenue range, JSON-safe
+properties, strings UTF-8 can encode) are those of
+:mod:`pagent_provider.core.events`, which the hook applies to hand-made
+events: a row breaking one becomes a :class:`RowReject` with a reason naming
+the column or field, never an exception that stops the sync.
+
 The work on whole columns is vectorised; per-element Python runs only where
 the values already are Python objects (``Decimal``, ``dict``, JSON text,
 ``datetime`` objects in an ``object`` column) and for the rare revenue values

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pagent_provider.core.events import has_lone_surrogate
+
 _INT64_MAX = 2**63 - 1
-_INT64_MIN = -(2**63)
 
 # Our own decimal context: the thread's default one could have been changed by
 # the user (precision, rounding), and the result must not depend on that.
@@ -49,15 +50,41 @@ def _missing(values: pd.Series) -> np.ndarray:
 
 
 def _is_missing_scalar(value: Any) -> bool:
+    """Whether a Python/numpy scalar stands for SQL NULL.
+
+    A float NaN does: pandas marks NULL that way in float and object columns,
+    so a NaN there cannot be told apart from NULL. A ``Decimal('NaN')`` does
+    not: drivers return ``None`` for a NULL NUMERIC, so a NaN is a value
+    (PostgreSQL's ``numeric 'NaN'``) that each converter must refuse.
+    """
     if value is None or value is pd.NA or value is pd.NaT:
         return True
     if isinstance(value, float | np.floating):
         return bool(np.isnan(value))
-    if isinstance(value, Decimal):
-        return value.is_nan()
     if isinstance(value, np.datetime64 | np.timedelta64):
         return bool(np.isnat(value))
     return False
+
+
+def _lone_surrogate_mask(strings: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """The rows of a text column whose string holds a lone surrogate (UTF-8 cannot encode it).
+
+    The common case costs one C-level pass: the present strings are joined
+    and the result is ASCII (an O(1) test) or encodes as UTF-8. Only when it
+    does not are the strings searched one by one.
+    """
+    mask = np.zeros(len(strings), dtype=bool)
+    everything = bool(present.all())
+    texts = strings.tolist() if everything else strings[present].tolist()
+    joined = "".join(texts)
+    if joined.isascii():
+        return mask
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError:
+        found = np.fromiter(map(has_lone_surrogate, texts), dtype=bool, count=len(texts))
+        mask[np.flatnonzero(present)] = found
+    return mask
 
 
 def _int_array(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -25,6 +25,14 @@ def _add_reasons(reasons: np.ndarray, mask: np.ndarray, message: Callable[[int],
 
 
 def _shown(value: Any) -> str:
-    """A short, unambiguous rendering of a value for a reason message."""
-    text = repr(value.item() if isinstance(value, np.generic) else value)
+    """A short, unambiguous rendering of a value for a reason message.
+
+    ``repr`` escapes lone surrogates, so the reason itself stays encodable
+    (it is logged and stored in the ledger); integers too long for ``repr``
+    are described by their size instead of raising.
+    """
+    plain = value.item() if isinstance(value, np.generic) else value
+    if isinstance(plain, int) and plain.bit_length() > 200:
+        return f"an integer of {plain.bit_length()} bits"
+    text = repr(plain)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -79,7 +79,10 @@ def transform_chunk(
             for the "not in the future" check.
 
     Returns:
-        The events of the valid rows, their keys, and the rejects.
+        The events of the valid rows, their keys and positions, and the
+        rejects. Every event is JSON that encodes to UTF-8: a value JSON or
+        UTF-8 cannot carry (NaN, infinity, a lone surrogate, a type JSON has
+        no form for, hostile nesting) rejects its row instead.
 
     Raises:
         PagentConfigError: when a needed column is missing.
@@ -98,10 +101,11 @@ def transform_chunk(
         if constant is not None:
             fields[id_field] = constant
         elif config.column_for(id_field) in df.columns:
-            fields[id_field] = _id_values(df[config.column_for(id_field)], id_field, checks)
+            column = config.column_for(id_field)
+            fields[id_field] = _id_values(df[column], id_field, checks, column)
     if config.column_for("revenue") in df.columns:
         converted = revenue_to_cents(df[config.column_for("revenue")], config.revenue_unit)
-        fields["revenue"] = _collect(converted, "revenue", checks)
+        fields["revenue"] = _collect(converted, "revenue", checks, column=config.column_for("revenue"))
     if config.column_for("time") in df.columns:
         fields["time"] = _time_values(df[config.column_for("time")], config, now, checks)
     properties = _properties_values(df, config, checks)
@@ -120,7 +124,9 @@ def transform_chunk(
         for i in np.flatnonzero(invalid).tolist()
     ]
     event_keys = keys[valid_positions].tolist() if keys is not None else None
-    return TransformedChunk(events=events, keys=event_keys, rejects=rejects, rows=size)
+    return TransformedChunk(
+        events=events, keys=event_keys, rejects=rejects, rows=size, positions=valid_positions.tolist()
+    )
 
 
 def _collect(
@@ -129,13 +135,22 @@ def _collect(
     checks: list[tuple[str, np.ndarray]],
     *,
     missing_reason: str | None = None,
+    column: str | None = None,
 ) -> np.ndarray:
-    """Record the reasons of a converted column (plus one for missing values, if given); return its values."""
+    """Record the reasons of a converted column (plus one for missing values, if given); return its values.
+
+    When the field is read from a column of another name, each reason starts
+    with that column, so the user knows where to look.
+    """
     values = converted.values.to_numpy(dtype=object)
     reasons = converted.reasons.to_numpy(dtype=object, copy=True)
     if missing_reason is not None:
         # Missing: no value and no reason of its own.
         _add_reasons(reasons, np.equal(values, None), lambda i: missing_reason)
+    if column is not None and column != event_field:
+        # Per invalid row only, which are few.
+        for i in np.flatnonzero(~np.equal(reasons, None)).tolist():
+            reasons[i] = f"column {column!r}: {reasons[i]}"
     checks.append((event_field, reasons))
     return values
 
@@ -151,16 +166,19 @@ def _key_values(values: pd.Series, column: str, checks: list[tuple[str, np.ndarr
     )
 
 
-def _id_values(values: pd.Series, id_field: str, checks: list[tuple[str, np.ndarray]]) -> np.ndarray:
+def _id_values(
+    values: pd.Series, id_field: str, checks: list[tuple[str, np.ndarray]], column: str | None = None
+) -> np.ndarray:
     converted = ids_to_strings(values, field=id_field)
-    return _collect(converted, id_field, checks, missing_reason=_MISSING_REQUIRED.get(id_field))
+    return _collect(converted, id_field, checks, missing_reason=_MISSING_REQUIRED.get(id_field), column=column)
 
 
 def _time_values(
     values: pd.Series, config: TransformConfig, now_ms: int, checks: list[tuple[str, np.ndarray]]
 ) -> np.ndarray:
     converted = time_to_unix_ms(values, config.timezone, now_ms=now_ms)
-    return _collect(converted, "time", checks, missing_reason=_MISSING_TIME if config.require_time else None)
+    missing_reason = _MISSING_TIME if config.require_time else None
+    return _collect(converted, "time", checks, missing_reason=missing_reason, column=config.column_for("time"))
 
 
 def _properties_values(
@@ -169,7 +187,7 @@ def _properties_values(
     column = config.column_for("properties")
     from_column = None
     if column in df.columns:
-        from_column = _collect(properties_to_json_objects(df[column]), "properties", checks)
+        from_column = _collect(properties_to_json_objects(df[column]), "properties", checks, column=column)
     if not config.properties_columns:
         return from_column
     gathered = _collect(gather_properties(df, config.properties_columns), "properties", checks)

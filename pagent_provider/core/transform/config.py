@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from pagent_provider.core.events import has_lone_surrogate
 from pagent_provider.core.transform.revenue import RevenueUnit, _check_revenue_unit
 from pagent_provider.core.transform.times import _zone
 from pagent_provider.exceptions import PagentConfigError
@@ -96,6 +97,14 @@ class TransformConfig:
         bad = [c for c in columns if not isinstance(c, str) or not c]
         if bad:
             raise PagentConfigError(f"properties_columns must hold non-empty column names, got {bad!r}")
+        # The names become properties keys in every event: one that UTF-8
+        # cannot encode would make every row unsendable.
+        unencodable = [c for c in columns if has_lone_surrogate(c)]
+        if unencodable:
+            raise PagentConfigError(
+                f"properties_columns {unencodable!r} hold a lone surrogate, which UTF-8 cannot encode; "
+                "alias the columns in the SQL"
+            )
         repeated = sorted({c for c in columns if list(columns).count(c) > 1})
         if repeated:
             raise PagentConfigError(f"properties_columns lists {', '.join(map(repr, repeated))} more than once")
@@ -107,6 +116,8 @@ class TransformConfig:
             return
         if not isinstance(value, str) or not value.strip():
             raise PagentConfigError(f"{name} must be a non-empty string when set, got {value!r}")
+        if has_lone_surrogate(value):
+            raise PagentConfigError(f"{name} {value!r} holds a lone surrogate, which UTF-8 cannot encode")
         if name in self.columns:
             raise PagentConfigError(
                 f"{name} is set both as a constant ({value!r}) and as a column "
@@ -141,12 +152,16 @@ class TransformedChunk:
             when no key_column is configured.
         rejects: one entry per invalid row, in row order.
         rows: number of rows in the input chunk.
+        positions: the 0-based position in the chunk of each event's row,
+            parallel to ``events``, so that a later stage that must reject
+            an event can name its row as ``"row N"``.
     """
 
     events: list[dict[str, Any]]
     keys: list[str] | None
     rejects: list[RowReject]
     rows: int
+    positions: list[int] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------

@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pagent_provider.core.events import has_lone_surrogate, surrogate_problem
 from pagent_provider.core.transform._columns import (
     _column_kind,
     _float_array,
     _int_array,
     _is_missing_scalar,
+    _lone_surrogate_mask,
     _missing,
 )
 from pagent_provider.core.transform._converted import Converted, _series
@@ -32,8 +34,10 @@ def ids_to_strings(values: pd.Series, *, field: str = "value") -> Converted:
     whitespace-only string is invalid. Integers, including integer columns
     with NULLs that pandas turned into floats (123.0), become ``"123"``;
     other floats use their repr, ``Decimal`` its text, ``UUID`` its text.
-    Invalid: booleans, infinities, other types, and whole floats of 2**53 or
-    more (an integer id that went through float64 may have lost digits).
+    Invalid: booleans, infinities and NaN ``Decimal`` values, other types,
+    strings holding a lone surrogate (UTF-8 cannot encode them), and whole
+    floats of 2**53 or more (an integer id that went through float64 may have
+    lost digits).
     Missing values are ``None`` with no reason: whether that is allowed
     depends on the field.
 
@@ -73,7 +77,9 @@ def _text_ids(values: pd.Series, field: str) -> tuple[np.ndarray, np.ndarray]:
     blank[present] = ~np.fromiter(map(bool, map(str.strip, strings[present])), dtype=bool, count=int(present.sum()))
     reasons = _new_reasons(len(strings))
     _add_reasons(reasons, blank, lambda i: _blank_id(field, strings[i]))
-    strings[blank] = None
+    unencodable = _lone_surrogate_mask(strings, present & ~blank)
+    _add_reasons(reasons, unencodable, lambda i: _surrogate_id(field, strings[i]))
+    strings[blank | unencodable] = None
     return strings, reasons
 
 
@@ -107,13 +113,25 @@ def _id_from_scalar(value: Any, field: str) -> tuple[str | None, str | None]:
         except UnicodeDecodeError:
             return None, f"{field} {_shown(value)} is binary data that is not UTF-8 text"
     if isinstance(value, str):
-        return (None, _blank_id(field, value)) if not value.strip() else (value, None)
+        if not value.strip():
+            return None, _blank_id(field, value)
+        return (None, _surrogate_id(field, value)) if has_lone_surrogate(value) else (value, None)
     if isinstance(value, bool | np.bool_):
         return None, f"{field} {_shown(value)} is a boolean, not an id; select the {field} column"
+    try:
+        return _id_from_number(value, field)
+    except ValueError:
+        # str() refuses integers past 4300 digits: no real id is that long.
+        return None, f"{field} {_shown(value)} is far too long a number to be an id; check the {field} column"
+
+
+def _id_from_number(value: Any, field: str) -> tuple[str | None, str | None]:
     if isinstance(value, int | np.integer):
         return str(int(value)), None
     if isinstance(value, float | np.floating | Decimal):
-        if not math.isfinite(value):
+        # Decimal's own test: math.isfinite() raises on a signaling NaN.
+        finite = value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)
+        if not finite:
             return None, f"{field} {_shown(value)} is not a usable id"
         if not isinstance(value, Decimal) and value == int(value) and abs(value) >= 2**53:
             # An integer id column with NULLs arrives as float64, which keeps
@@ -130,6 +148,10 @@ def _id_from_scalar(value: Any, field: str) -> tuple[str | None, str | None]:
     if isinstance(value, uuid.UUID):
         return str(value), None
     return None, f"{field} {_shown(value)} is a {type(value).__name__}, not a string id; select the {field} column"
+
+
+def _surrogate_id(field: str, value: str) -> str:
+    return f"{field} {_shown(value)} {surrogate_problem(value)}"
 
 
 def _blank_id(field: str, value: str) -> str:

@@ -15,15 +15,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pagent_provider.core.events import (
+    MAX_PROPERTIES_DEPTH,
+    MAX_PROPERTY_INT,
+    MIN_PROPERTY_INT,
+    depth_problem,
+    has_lone_surrogate,
+    int_range_problem,
+    non_finite_problem,
+    path_segment,
+    render,
+    surrogate_problem,
+)
 from pagent_provider.core.transform._columns import (
     _DECIMAL,
     _column_kind,
     _float_array,
     _is_missing_scalar,
+    _lone_surrogate_mask,
     _missing,
 )
 from pagent_provider.core.transform._converted import Converted, _series
-from pagent_provider.core.transform._reasons import _new_reasons, _shown
+from pagent_provider.core.transform._reasons import _add_reasons, _new_reasons, _shown
 
 # --------------------------------------------------------------------------
 # Properties
@@ -31,7 +44,16 @@ from pagent_provider.core.transform._reasons import _new_reasons, _shown
 
 
 class _NotJsonError(TypeError):
-    """A value that JSON cannot represent."""
+    """A value that JSON cannot carry; ``path`` is where, below the value converted."""
+
+    def __init__(self, problem: str, path: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path = path
+
+    def below(self, segment: str) -> _NotJsonError:
+        """The same problem, seen from one level up (``segment`` in front of the path)."""
+        return _NotJsonError(self.problem, segment + self.path)
 
 
 def properties_to_json_objects(values: pd.Series) -> Converted:
@@ -39,10 +61,19 @@ def properties_to_json_objects(values: pd.Series) -> Converted:
 
     Accepted: ``dict``/``list`` values (JSON/JSONB read by the driver) and
     JSON text, parsed with :func:`json.loads`. Values inside are made
-    JSON-safe (``Decimal`` -> number, timestamps -> ISO-8601 text, numpy
-    scalars -> Python, non-finite numbers -> null). Missing values are
-    ``None``. Invalid: JSON scalars, arrays holding anything but objects,
-    malformed JSON (including ``NaN``), and values JSON cannot represent.
+    JSON-safe by these rules: ``Decimal`` -> int when whole, else float;
+    timestamps, dates and times -> ISO-8601 text; timedeltas -> ISO-8601
+    durations; ``UUID`` -> text; UTF-8 bytes -> text; numpy scalars ->
+    Python; ``None``/``pd.NA``/``NaT`` -> null. Missing values are ``None``.
+
+    Invalid (the row is rejected, the reason names the path, e.g.
+    ``properties.items[0].price``): JSON scalars, arrays holding anything but
+    objects, malformed JSON (including ``NaN``), NaN and infinite numbers
+    (a float NaN, ``Decimal('NaN')``, or JSON text like ``1e400``, which
+    parses to infinity), integers beyond 64 bits, strings or keys holding a
+    lone surrogate, non-string keys, nesting deeper than
+    :data:`~pagent_provider.core.events.MAX_PROPERTIES_DEPTH`, and values of
+    other types (sets, complex numbers, non-UTF-8 bytes, arbitrary objects).
 
     Args:
         values: the properties column.
@@ -70,6 +101,8 @@ def _properties_from_scalar(value: Any) -> tuple[Any, str | None]:
             return None, (
                 f"properties {_shown(value)} is not valid JSON ({err}); it must be a JSON object or an array of objects"
             )
+        except RecursionError:
+            return None, f"properties {_shown(value)} {depth_problem()}"
     else:
         return None, (
             f"properties {_shown(value)} is a {type(value).__name__}; "
@@ -79,9 +112,9 @@ def _properties_from_scalar(value: Any) -> tuple[Any, str | None]:
     if shape_problem:
         return None, shape_problem
     try:
-        return _json_value(parsed), None
+        return _json_value(parsed, 1), None
     except _NotJsonError as err:
-        return None, f"properties hold {err}, which JSON cannot represent"
+        return None, f"properties{err.path} {err.problem}"
 
 
 def _reject_json_constant(name: str) -> Any:
@@ -107,34 +140,93 @@ def _properties_shape_problem(value: Any) -> str | None:
     )
 
 
-def _json_value(value: Any) -> Any:
-    """Make a value JSON-safe, recursively. Raises _NotJsonError for the rest."""
-    if value is None:
-        return None
+def _json_value(value: Any, depth: int) -> Any:
+    """Make a value JSON-safe, recursively, by the documented rules; raise _NotJsonError for the rest.
+
+    ``depth`` is the nesting level of ``value`` (the properties value is 1).
+    The checks are those of :func:`pagent_provider.core.events.json_problem`,
+    after the conversions; a string costs one O(1) ``isascii`` test unless it
+    is non-ASCII.
+    """
+    if value is None or isinstance(value, bool):
+        return value
     if isinstance(value, np.generic):
-        # First: np.float64 and np.str_ subclass float and str, and
-        # np.datetime64.item() would give bare nanoseconds.
-        if isinstance(value, np.datetime64):
-            return None if np.isnat(value) else pd.Timestamp(value).isoformat()
-        if isinstance(value, np.timedelta64):
-            return None if np.isnat(value) else pd.Timedelta(value).isoformat()
-        return _json_value(value.item())
-    if isinstance(value, str | bool):
+        return _numpy_value(value, depth)
+    if isinstance(value, str):
+        if has_lone_surrogate(value):
+            raise _NotJsonError(surrogate_problem(value))
         return value
     if isinstance(value, int):
-        return int(value)
+        return _checked_int(int(value))
     if isinstance(value, float):
-        return float(value) if math.isfinite(value) else None
-    if _is_missing_scalar(value):
+        if not math.isfinite(value):
+            raise _NotJsonError(non_finite_problem(value))
+        return float(value)
+    if isinstance(value, Mapping | list | tuple):
+        if depth > MAX_PROPERTIES_DEPTH:
+            raise _NotJsonError(depth_problem())
+        return _json_container(value, depth)
+    if value is pd.NA or value is pd.NaT:
         return None
-    if isinstance(value, Mapping):
-        return {k if isinstance(k, str) else str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_value(v) for v in value]
     if isinstance(value, Decimal):
-        if not value.is_finite():
-            return None
-        return int(value) if value == value.to_integral_value(context=_DECIMAL) else float(value)
+        return _decimal_value(value)
+    return _json_scalar(value)
+
+
+def _numpy_value(value: np.generic, depth: int) -> Any:
+    # np.float64 and np.str_ subclass float and str, and np.datetime64.item()
+    # would give bare nanoseconds, hence this branch comes first.
+    if isinstance(value, np.datetime64):
+        return None if np.isnat(value) else pd.Timestamp(value).isoformat()
+    if isinstance(value, np.timedelta64):
+        return None if np.isnat(value) else pd.Timedelta(value).isoformat()
+    return _json_value(value.item(), depth)
+
+
+def _json_container(value: Mapping[Any, Any] | list[Any] | tuple[Any, ...], depth: int) -> Any:
+    if not isinstance(value, Mapping):
+        converted = []
+        for position, item in enumerate(value):
+            try:
+                converted.append(_json_value(item, depth + 1))
+            except _NotJsonError as err:
+                raise err.below(f"[{position}]") from None
+        return converted
+    result = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            # str(key) could collide with another key or read differently
+            # from what json.dumps would write (True -> "True" vs "true").
+            raise _NotJsonError(
+                f"has the key {render(key)} (of type {type(key).__name__}); JSON object keys are strings"
+            )
+        if has_lone_surrogate(key):
+            raise _NotJsonError(f"has the key {render(key)}, which {surrogate_problem(key)}")
+        try:
+            result[key] = _json_value(item, depth + 1)
+        except _NotJsonError as err:
+            raise err.below(path_segment(key)) from None
+    return result
+
+
+def _checked_int(value: int) -> int:
+    if not MIN_PROPERTY_INT <= value <= MAX_PROPERTY_INT:
+        raise _NotJsonError(int_range_problem())
+    return value
+
+
+def _decimal_value(value: Decimal) -> int | float:
+    if not value.is_finite():
+        raise _NotJsonError(non_finite_problem(value))
+    if value == value.to_integral_value(context=_DECIMAL):
+        return _checked_int(int(value))
+    as_float = float(value)
+    if not math.isfinite(as_float):
+        raise _NotJsonError(non_finite_problem(value))
+    return as_float
+
+
+def _json_scalar(value: Any) -> Any:
     if isinstance(value, _dt.timedelta):
         return pd.Timedelta(value).isoformat()
     if isinstance(value, _dt.datetime | _dt.date | _dt.time):
@@ -143,10 +235,14 @@ def _json_value(value: Any) -> Any:
         return str(value)
     if isinstance(value, bytes | bytearray | memoryview):
         try:
-            return bytes(value).decode("utf-8")
+            text = bytes(value).decode("utf-8")
         except UnicodeDecodeError:
-            raise _NotJsonError("binary data that is not UTF-8 text") from None
-    raise _NotJsonError(f"a {type(value).__name__} ({_shown(value)})")
+            raise _NotJsonError(f"is binary data that is not UTF-8 text ({render(value)})") from None
+        return text  # strict UTF-8 decoding never yields a lone surrogate
+    raise _NotJsonError(
+        f"is a {type(value).__name__} ({render(value)}), which JSON has no form for; "
+        "convert it in the SQL (to text, a number or JSON)"
+    )
 
 
 def gather_properties(df: pd.DataFrame, columns: Sequence[str]) -> Converted:
@@ -154,8 +250,10 @@ def gather_properties(df: pd.DataFrame, columns: Sequence[str]) -> Converted:
 
     Values are JSON-safe: timestamps as ISO-8601 text (aware ones in UTC with
     ``Z``, at the finest resolution the column needs), ``Decimal`` as int when
-    whole else float, numpy scalars as Python scalars, NULL/NaN/NaT (and
-    infinities) as ``None`` (JSON null).
+    whole else float, numpy scalars as Python scalars, NULL/NaN/NaT as
+    ``None`` (JSON null; in a float column NaN is how pandas marks NULL).
+    Nested values (a dict in an object column) follow the rules of
+    :func:`properties_to_json_objects`.
 
     Args:
         df: the chunk.
@@ -163,7 +261,9 @@ def gather_properties(df: pd.DataFrame, columns: Sequence[str]) -> Converted:
 
     Returns:
         Converted values (one ``dict`` per row) and reasons (a row is invalid
-        only when a value is of a type JSON cannot represent).
+        when a value cannot be carried by JSON: an infinity, a
+        ``Decimal('NaN')``, a lone surrogate in a string, a value of a type
+        JSON has no form for).
     """
     size = len(df)
     reasons = _new_reasons(size)
@@ -178,21 +278,38 @@ def _json_column(values: pd.Series, column: str, reasons: np.ndarray) -> list[An
     kind = _column_kind(values.dtype)
     if kind == "datetime":
         return _datetimes_to_iso(values)
-    if kind in ("bool", "int", "text"):
+    if kind in ("bool", "int"):
         # tolist() gives Python scalars (NaN or pd.NA where missing).
         return _nones_where(values.tolist(), _missing(values))
+    if kind == "text":
+        return _json_texts(values, column, reasons)
     if kind == "float":
         x = _float_array(values)
+        infinite = np.isinf(x)
+        _add_reasons(reasons, infinite, lambda i: _column_problem(column, "", non_finite_problem(float(x[i]))))
         return _nones_where(x.tolist(), ~np.isfinite(x))
     out = []
     for i, item in enumerate(values.to_numpy(dtype=object)):
         try:
-            out.append(_json_value(item))
+            # Level 2: the gathered object is the properties value (level 1).
+            out.append(None if _is_missing_scalar(item) else _json_value(item, 2))
         except _NotJsonError as err:
             out.append(None)
             if reasons[i] is None:
-                reasons[i] = f"properties column {column!r} holds {err}, which JSON cannot represent"
+                reasons[i] = _column_problem(column, err.path, err.problem)
     return out
+
+
+def _json_texts(values: pd.Series, column: str, reasons: np.ndarray) -> list[Any]:
+    missing = _missing(values)
+    items = values.tolist()
+    unencodable = _lone_surrogate_mask(np.asarray(items, dtype=object), ~missing)
+    _add_reasons(reasons, unencodable, lambda i: _column_problem(column, "", surrogate_problem(items[i])))
+    return _nones_where(items, missing | unencodable)
+
+
+def _column_problem(column: str, path: str, problem: str) -> str:
+    return f"properties column {column!r} (properties{path_segment(column)}{path}) {problem}"
 
 
 def _nones_where(items: list[Any], mask: np.ndarray) -> list[Any]:

@@ -10,10 +10,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from pagent_provider.core.events import MAX_REVENUE_CENTS
 from pagent_provider.core.transform._columns import (
     _DECIMAL,
-    _INT64_MAX,
-    _INT64_MIN,
     _ONE,
     _column_kind,
     _float_array,
@@ -33,6 +32,8 @@ _NEAR_INTEGER = 1e-6
 # Beyond this many cents (100 billion dollars) the spacing of float64
 # values gets too coarse for the fast-path proof; such values take the exact path.
 _FAST_PATH_MAX_CENTS = 1e13
+# MAX_REVENUE_CENTS as a float: 2**53 - 1 is exactly representable.
+_MAX_CENTS_FLOAT = float(MAX_REVENUE_CENTS)
 
 # A plain decimal number as text: optional sign, digits with an optional
 # fraction, optional exponent. No "NaN", "Infinity", underscores or spaces.
@@ -66,9 +67,16 @@ def revenue_to_cents(values: pd.Series, unit: RevenueUnit) -> Converted:
     ``unit="cents"`` the values must already be whole numbers.
 
     Accepted: int, float, ``Decimal`` and numeric text columns (nullable
-    variants too). Missing values are left out. Invalid: booleans, infinity,
-    non-numeric text, fractions of a cent in cents mode, and amounts whose
-    cents do not fit in a signed 64-bit integer.
+    variants too). Missing values (NULL) are left out: the event carries no
+    revenue. Invalid: booleans, infinities, ``Decimal('NaN')`` (PostgreSQL's
+    ``numeric 'NaN'``, which is a value, not NULL), non-numeric text,
+    fractions of a cent in cents mode, and amounts whose cents are beyond
+    JSON's safe integer range (``|cents| <= MAX_REVENUE_CENTS``, 2**53 - 1).
+
+    A float NaN is NULL: pandas marks NULL that way in float columns (and
+    turns NaN into NA in nullable ones), so the two cannot be told apart
+    after the read. To refuse a float NaN, map it in the SQL, e.g.
+    ``CASE WHEN amount = 'NaN' THEN ...``.
 
     Args:
         values: the revenue column.
@@ -99,8 +107,10 @@ _RevenueArrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # int64 cents, ok ma
 def _int_revenue(values: pd.Series, unit: RevenueUnit) -> _RevenueArrays:
     raw, missing, too_large = _int_array(values)
     factor = 100 if unit == "dollars" else 1
-    # The int64 range divided by the factor, rounded towards zero at both ends.
-    too_large |= (raw > _INT64_MAX // factor) | (raw < -(-_INT64_MIN // factor))
+    # The accepted range divided by the factor, rounded towards zero (it is
+    # symmetric). No np.abs: it overflows on the int64 minimum.
+    limit = MAX_REVENUE_CENTS // factor
+    too_large |= (raw > limit) | (raw < -limit)
     ok = ~missing & ~too_large
     cents = np.where(ok, raw, 0) * factor
     reasons = _new_reasons(len(raw))
@@ -113,7 +123,7 @@ def _float_revenue(x: np.ndarray, unit: RevenueUnit) -> _RevenueArrays:
     missing = np.isnan(x)
     infinite = np.isinf(x)
     reasons = _new_reasons(len(x))
-    _add_reasons(reasons, infinite, lambda i: f"revenue {_shown(x[i])} is not a finite number")
+    _add_reasons(reasons, infinite, lambda i: _infinite_revenue(x[i]))
     if unit == "dollars":
         cents, ok = _float_dollars_to_cents(x, reasons)
     else:
@@ -152,8 +162,7 @@ def _float_whole_cents(x: np.ndarray, reasons: np.ndarray) -> tuple[np.ndarray, 
     finite = np.isfinite(x)
     with np.errstate(invalid="ignore"):
         whole = finite & (x == np.trunc(x))
-        # 2**63 is exactly representable; int64 holds [-2**63, 2**63).
-        in_range = (x >= -(2.0**63)) & (x < 2.0**63)
+        in_range = np.abs(x) <= _MAX_CENTS_FLOAT
     _add_reasons(reasons, finite & ~whole, lambda i: _not_whole_cents(x[i]))
     _add_reasons(reasons, whole & ~in_range, lambda i: _revenue_overflow(x[i], "cents"))
     ok = whole & in_range
@@ -211,15 +220,19 @@ def _revenue_from_scalar(value: Any, unit: RevenueUnit) -> tuple[int | None, str
         number = Decimal(int(value))
     elif isinstance(value, float | np.floating):
         if math.isinf(value):
-            return None, f"revenue {_shown(value)} is not a finite number"
+            return None, _infinite_revenue(value)
         # numpy prints float32 at its own shortest precision; float64 via repr.
         number = Decimal(repr(float(value)) if isinstance(value, float | np.float64) else str(value))
     elif isinstance(value, Decimal):
+        if value.is_nan():
+            return None, _nan_revenue(value)
         if value.is_infinite():
-            return None, f"revenue {_shown(value)} is not a finite number"
+            return None, _infinite_revenue(value)
         number = value
     elif isinstance(value, str):
         text = value.strip()
+        if text.lstrip("+-").lower() == "nan":  # numeric 'NaN' read as text (SQLite, CSV exports)
+            return None, _nan_revenue(value)
         if not _NUMBER_TEXT.fullmatch(text):
             return None, (
                 f"revenue {_shown(value)} is not a number; the revenue column must hold plain "
@@ -242,7 +255,7 @@ def _decimal_to_cents(number: Decimal, unit: RevenueUnit, shown: Any) -> tuple[i
         if number != number.to_integral_value(context=_DECIMAL):
             return None, _not_whole_cents(shown)
         cents = int(number)
-    if not _INT64_MIN <= cents <= _INT64_MAX:
+    if abs(cents) > MAX_REVENUE_CENTS:
         return None, _revenue_overflow(shown, unit)
     return cents, None
 
@@ -254,5 +267,20 @@ def _not_whole_cents(value: Any) -> str:
     )
 
 
+def _infinite_revenue(value: Any) -> str:
+    return f"revenue {_shown(value)} is not a finite number; fix the amount in the warehouse"
+
+
+def _nan_revenue(value: Any) -> str:
+    return (
+        f"revenue {_shown(value)} is NaN (not a number), which is not NULL: sending the conversion "
+        "without revenue would understate it; fix the amount in the warehouse, or turn NaN into NULL "
+        "in the SQL (NULLIF(amount, 'NaN')) if such rows really have no revenue"
+    )
+
+
 def _revenue_overflow(value: Any, unit: RevenueUnit) -> str:
-    return f"revenue {_shown(value)} ({unit}) is too large: its cents do not fit in a 64-bit integer"
+    return (
+        f"revenue {_shown(value)} ({unit}) is too large: its cents are beyond JSON's safe integer range "
+        f"(|revenue| <= {MAX_REVENUE_CENTS} cents); check the amount and revenue_unit"
+    )

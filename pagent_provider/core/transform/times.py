@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
+from pagent_provider.core.events import FUTURE_TOLERANCE_MS, MIN_TIME_MS, time_unit_hint
 from pagent_provider.core.transform._columns import (
     _DECIMAL,
     _column_kind,
@@ -24,10 +25,6 @@ from pagent_provider.core.transform._converted import Converted, _object_values,
 from pagent_provider.core.transform._reasons import _add_reasons, _new_reasons, _shown
 from pagent_provider.exceptions import PagentConfigError
 
-#: 2000-01-01T00:00:00Z: anything earlier is almost surely a unit mistake.
-_MIN_TIME_MS = 946_684_800_000
-#: pagent's clock and the warehouse's may differ a little; more is a mistake.
-_FUTURE_TOLERANCE_MS = 3_600_000
 # Epoch milliseconds stored as text (SQLite columns without a type do that).
 _DIGITS_TEXT = r"[+-]?[0-9]{1,18}"
 # An ISO-8601 text ends with "Z" or a UTC offset when, after the date/time
@@ -87,10 +84,13 @@ def time_to_unix_ms(values: pd.Series, timezone: str, *, now_ms: int | None = No
       becomes, and ``Decimal``) as milliseconds; fractional milliseconds are
       floored.
 
-    Invalid: unparseable values, booleans, times before
-    2000-01-01T00:00:00Z (with a hint when the number looks like seconds) and
-    times more than one hour after ``now_ms``. Missing values are ``None``
-    with no reason; the caller decides whether time is required.
+    Invalid: unparseable values, booleans, infinities and ``Decimal('NaN')``,
+    times before :data:`~pagent_provider.core.events.MIN_TIME_MS`
+    (2000-01-01T00:00:00Z; with a hint when the number looks like seconds)
+    and times more than
+    :data:`~pagent_provider.core.events.FUTURE_TOLERANCE_MS` (one hour) after
+    ``now_ms``: the same range the hook's validation applies. Missing values
+    are ``None`` with no reason; the caller decides whether time is required.
 
     Args:
         values: the time column.
@@ -318,9 +318,9 @@ def _mask(size: int, positions: list[int]) -> np.ndarray:
 
 
 def _check_time_range(times: _Times, now_ms: int) -> None:
-    latest = now_ms + _FUTURE_TOLERANCE_MS
+    latest = now_ms + FUTURE_TOLERANCE_MS
     readable = times.ok & np.equal(times.reasons, None)
-    _add_reasons(times.reasons, readable & (times.ms < _MIN_TIME_MS), lambda i: _too_early(times, i, latest))
+    _add_reasons(times.reasons, readable & (times.ms < MIN_TIME_MS), lambda i: _too_early(times, i, latest))
     _add_reasons(times.reasons, readable & (times.ms > latest), lambda i: _too_late(times, i, now_ms, latest))
 
 
@@ -329,20 +329,16 @@ def _too_early(times: _Times, i: int, latest: int) -> str:
     if not times.numeric[i]:
         return f"time {_iso(ms)} is before 2000-01-01T00:00:00Z; select the column that holds the conversion time"
     message = f"time {ms} is before 2000-01-01T00:00:00Z when read as Unix milliseconds ({_iso(ms)})"
-    if _MIN_TIME_MS <= ms * 1000 <= latest:
-        return message + "; it looks like seconds, not milliseconds: select the value times 1000"
-    return message + "; pagent expects Unix milliseconds"
+    hint = time_unit_hint(ms, latest)
+    return message + (f"; {hint}" if hint else "; pagent expects Unix milliseconds")
 
 
 def _too_late(times: _Times, i: int, now_ms: int, latest: int) -> str:
     ms = int(times.ms[i])
     shown = str(ms) if times.numeric[i] else _iso(ms)
     message = f"time {shown} is more than one hour in the future (now is {_iso(now_ms)})"
-    if times.numeric[i]:
-        for name, factor in (("microseconds", 1000), ("nanoseconds", 1_000_000)):
-            if _MIN_TIME_MS <= ms // factor <= latest:
-                return message + f"; it looks like {name}, not milliseconds: divide it by {factor}"
-    return message + "; check the time column and the timezone setting"
+    hint = time_unit_hint(ms, latest) if times.numeric[i] else None
+    return message + (f"; {hint}" if hint else "; check the time column and the timezone setting")
 
 
 def _time_out_of_range(value: Any) -> str:
