@@ -68,6 +68,8 @@ class ConversionsOperator(BaseSQLOperator):
     :param unknown_outcome: what the next run does with events whose outcome is
         unknown: ``"resend"`` (at least once) or ``"skip"`` (at most once).
     :param claim_timeout: seconds without heartbeat after which a claim counts as abandoned.
+    :param claimed_elsewhere_wait: at the end of the run, seconds to wait for rows another
+        live run is sending; still held after that, the task fails with a retriable error.
     :return: the summary dict (XCom): ``rows``, ``valid``, ``invalid``, ``sent``,
         ``accepted``, ``batches``, ``duration_s``, ``dry_run``, ``already_sent``,
         ``unknown``, ``changed_after_send``, ``rejected`` and more.
@@ -104,6 +106,7 @@ class ConversionsOperator(BaseSQLOperator):
         ledger_namespace: str | None = None,
         unknown_outcome: UnknownOutcomePolicy = defaults.UNKNOWN_OUTCOME,  # type: ignore[assignment]
         claim_timeout: float = defaults.CLAIM_TIMEOUT_S,
+        claimed_elsewhere_wait: float = defaults.CLAIMED_ELSEWHERE_WAIT_S,
         **kwargs: Any,
     ) -> None:
         super().__init__(conn_id=conn_id, **kwargs)
@@ -129,6 +132,7 @@ class ConversionsOperator(BaseSQLOperator):
         self.ledger_namespace = ledger_namespace
         self.unknown_outcome = unknown_outcome
         self.claim_timeout = claim_timeout
+        self.claimed_elsewhere_wait = claimed_elsewhere_wait
         self._running_sync: ConversionSync | None = None
         # Catch bad settings when the DAG is parsed, not when the task runs.
         self._sync_options()
@@ -154,6 +158,7 @@ class ConversionsOperator(BaseSQLOperator):
             max_workers=self.max_workers,
             max_invalid_rows=self.max_invalid_rows,
             dry_run=self.dry_run,
+            claimed_elsewhere_wait_s=self.claimed_elsewhere_wait,
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
