@@ -13,9 +13,11 @@ from typing import Any, NoReturn
 from pagent_provider import __version__
 from pagent_provider.core import defaults
 from pagent_provider.core.client import DEFAULT_BASE_URL
-from pagent_provider.testing.__main__ import build_arg_parser as build_emulator_arg_parser
+from pagent_provider.testing.__main__ import DESCRIPTION as EMULATOR_DESCRIPTION
+from pagent_provider.testing.__main__ import add_arguments as add_emulator_arguments
 
 PROG = "pagent-conversions"
+EMULATOR_PROG = f"{PROG} emulator"
 API_KEY_ENV = "PAGENT_API_KEY"
 BASE_URL_ENV = "PAGENT_BASE_URL"
 # The operator's default ledger namespace is its pagent connection id, "pagent_default":
@@ -98,6 +100,9 @@ _EMULATOR_EPILOG = f"""\
 examples:
   {PROG} emulator --port 8080
   {PROG} emulator --port 0 --key my-key --fail-every 5 --latency-ms 50
+  {PROG} emulator --partial-ack 1 --echo-credentials   # a server not to trust
+  {PROG} emulator --ack-body '<html>Bad gateway</html>'
+  {PROG} emulator --redirect-to http://127.0.0.1:9000/login --redirect-status 307
 
 It prints 'pagent emulator listening on http://HOST:PORT' and serves until
 Ctrl-C or SIGTERM; then it prints what it accepted. It accepts the key
@@ -376,17 +381,16 @@ def add_check_command(commands: argparse._SubParsersAction) -> None:  # type: ig
 
 
 def add_emulator_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """``emulator``: the options are the emulator's own (``python -m pagent_provider.testing``)."""
-    emulator_parser = build_emulator_arg_parser(prog=f"{PROG} emulator")
-    commands.add_parser(
+    """``emulator``: the flags are the emulator's own (``python -m pagent_provider.testing``), one definition."""
+    emulator = commands.add_parser(
         "emulator",
         help="serve a local emulator of pagent's ingest API",
-        description=emulator_parser.description,
+        description=EMULATOR_DESCRIPTION,
         epilog=_EMULATOR_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[emulator_parser],
-        add_help=False,  # the parent parser brings its own -h/--help
+        allow_abbrev=False,
     )
+    add_emulator_arguments(emulator)
 
 
 def emulator_argv(argv: Sequence[str]) -> list[str]:
