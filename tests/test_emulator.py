@@ -631,6 +631,7 @@ def test_package_imports_nothing_else_from_pagent_provider() -> None:
             "pagent_provider",
             "pagent_provider.testing",
             "pagent_provider.testing.__main__",
+            "pagent_provider.testing.background_server",
             "pagent_provider.testing.emulator",
             "pagent_provider.testing.faults",
             "pagent_provider.testing.request_body",

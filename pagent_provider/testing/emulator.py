@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pagent_provider.testing.background_server import BackgroundServer, address_family
 from pagent_provider.testing.faults import (
     FAIL_MESSAGE,
     UNAVAILABLE_MESSAGE,
@@ -413,7 +414,7 @@ class _Handler(BaseHTTPRequestHandler):
 # --------------------------------------------------------------------------- the emulator
 
 
-class IngestEmulator:
+class IngestEmulator(BackgroundServer):
     """A local HTTP server that behaves like pagent's ingest API.
 
     It checks the ``Authorization: Bearer <key>`` header first (401 on a
@@ -442,6 +443,8 @@ class IngestEmulator:
             not validated beyond the 1..100 count).
     """
 
+    _thread_name = "pagent-emulator"
+
     def __init__(
         self,
         *,
@@ -456,8 +459,7 @@ class IngestEmulator:
         self.api_keys: tuple[str, ...] = tuple(api_keys)
         if not self.api_keys:
             raise ValueError("api_keys must contain at least one key")
-        self.host = host
-        self._requested_port = port
+        super().__init__(host=host, port=port)
         self.fast_sink = fast_sink
         self._faults = faults if faults is not None else Faults()
 
@@ -470,8 +472,6 @@ class IngestEmulator:
         self._connections: set[socket.socket] = set()
         self._connections_changed = threading.Condition(threading.Lock())
         self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle
 
@@ -487,17 +487,8 @@ class IngestEmulator:
         """
         if self._server is not None:
             raise RuntimeError("the emulator is already running")
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         self._stopping = threading.Event()
-        server = _Server((self.host, self._requested_port), self, family)
-        thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"pagent-emulator-{server.server_address[1]}",
-            daemon=True,
-        )
-        self._server, self._thread = server, thread
-        thread.start()
+        self._serve(_Server((self.host, self._requested_port), self, address_family(self.host)))
         logger.debug("pagent emulator listening on %s", self.url)
         return self
 
@@ -533,39 +524,6 @@ class IngestEmulator:
         if thread is not None:
             thread.join(timeout=2.0)
         self._server = self._thread = None
-
-    def __enter__(self) -> IngestEmulator:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        """Whether the emulator is serving."""
-        return self._server is not None
-
-    # -- addresses
-
-    @property
-    def port(self) -> int:
-        """The port listened on (the real one once started, even if 0 was asked)."""
-        if self._server is not None:
-            return int(self._server.server_address[1])
-        return self._requested_port
-
-    @property
-    def _connect_host(self) -> str:
-        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        return f"[{host}]" if ":" in host else host
-
-    @property
-    def url(self) -> str:
-        """Base URL to send requests to, e.g. ``"http://127.0.0.1:54321"``.
-
-        A wildcard bind address (``0.0.0.0``, ``::``) is replaced by loopback.
-        """
-        return f"http://{self._connect_host}:{self.port}"
 
     def airflow_connection_json(self, conn_id_key: str | None = None) -> str:
         """An Airflow connection for this emulator, as JSON for ``AIRFLOW_CONN_<ID>``.

@@ -18,7 +18,6 @@ Only the standard library is used; nothing here imports Airflow.
 from __future__ import annotations
 
 import logging
-import socket
 import socketserver
 import sys
 import threading
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pagent_provider.testing.background_server import BackgroundServer, address_family
 from pagent_provider.testing.request_body import ClientGone, read_request_body
 
 __all__ = ["DEFAULT_PAGE", "WebAppRequest", "WebAppServer"]
@@ -122,7 +122,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_HEAD = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
 
 
-class WebAppServer:
+class WebAppServer(BackgroundServer):
     """A local HTTP server answering ``200`` with an HTML page to every request.
 
     It stores nothing but a record of each request (method, path, body
@@ -134,14 +134,13 @@ class WebAppServer:
         page: The HTML answered (UTF-8); default :data:`DEFAULT_PAGE`.
     """
 
+    _thread_name = "webapp-standin"
+
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, page: str = DEFAULT_PAGE) -> None:
-        self.host = host
+        super().__init__(host=host, port=port)
         self.page = page
-        self._requested_port = port
         self._lock = threading.Lock()
         self._requests: list[WebAppRequest] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     def start(self) -> WebAppServer:
         """Bind the socket and serve in a background (daemon) thread.
@@ -155,16 +154,7 @@ class WebAppServer:
         """
         if self._server is not None:
             raise RuntimeError("the web app stand-in is already running")
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        server = _Server((self.host, self._requested_port), self, family)
-        thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"webapp-standin-{server.server_address[1]}",
-            daemon=True,
-        )
-        self._server, self._thread = server, thread
-        thread.start()
+        self._serve(_Server((self.host, self._requested_port), self, address_family(self.host)))
         return self
 
     def stop(self) -> None:
@@ -177,30 +167,6 @@ class WebAppServer:
         if thread is not None:
             thread.join(timeout=2.0)
         self._server = self._thread = None
-
-    def __enter__(self) -> WebAppServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        """Whether the server is serving."""
-        return self._server is not None
-
-    @property
-    def port(self) -> int:
-        """The port listened on (the real one once started, even if 0 was asked)."""
-        if self._server is not None:
-            return int(self._server.server_address[1])
-        return self._requested_port
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``"http://127.0.0.1:54321"`` (a wildcard bind address becomes loopback)."""
-        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     def requests(self) -> list[WebAppRequest]:
         """Every request received, in order (a copy)."""
