@@ -248,8 +248,14 @@ class RowCountingChunks:
     def close(self) -> None:
         """Stop the query early, returning its connection to the pool."""
         close = getattr(self._chunks, "close", None)
-        if close is not None:
+        if close is None:
+            return
+        try:
             close()
+        except ValueError:
+            # "generator already executing": a stopping sync left the reader thread
+            # in a slow read; it closes the query itself when that read returns
+            log.debug("the query is still being read; it is closed when that read returns")
 
 
 # --------------------------------------------------------------------------- the core's settings

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pagent_provider.core.events import validate_v1_events, validate_v2_event, validate_v2_events
-from pagent_provider.core.redaction import Redactor
+from pagent_provider.core.redaction import MIN_SECRET_LENGTH, Redactor
 from pagent_provider.core.transport import MaskedHeaders, RetryPolicy, Transport, build_session
 from pagent_provider.exceptions import (
     PagentAuthError,
@@ -49,6 +49,12 @@ class ApiKey:
         # Printable ASCII only: anything else cannot travel in an HTTP header, and
         # http.client's UnicodeEncodeError would quote the whole header, key included.
         # The message never repeats the key, nor the offending character.
+        if len(stripped) < MIN_SECRET_LENGTH:
+            # too short to be a real key, and too short to be redacted from echoed texts
+            raise PagentConfigError(
+                f"the pagent API key is shorter than {MIN_SECRET_LENGTH} characters; copy it again from "
+                "Settings > API Keys"
+            )
         if not all("!" <= char <= "~" for char in stripped):
             raise PagentConfigError(
                 "the pagent API key holds characters other than printable ASCII (spaces, newlines, "

@@ -27,6 +27,8 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 _current = threading.local()
+#: How often a deadline that has passed is looked at again while its request still runs.
+_OVERDUE_POLL_S = 0.05
 
 
 class Deadline:
@@ -40,7 +42,10 @@ class Deadline:
         self.expired = False
 
     def expire(self) -> None:
-        """Mark the deadline passed and cut the request's socket, waking the blocked read."""
+        """Mark the deadline passed and cut the request's socket, waking the blocked read.
+
+        Called again while the request still runs: cutting twice is harmless.
+        """
         self.expired = True
         connection = self.connection
         if connection is None or getattr(connection, "pagent_deadline", None) is not self:
@@ -54,13 +59,28 @@ class Deadline:
 
 
 class _NotingConnection:
-    """Mixin: note this connection on the calling thread's deadline when a request starts on it."""
+    """Mixin: note this connection on the calling thread's deadline before it connects or sends.
 
-    def request(self, *args: Any, **kwargs: Any) -> Any:
+    urllib3 opens an HTTPS connection (TCP, TLS handshake, proxy CONNECT)
+    before ``request()``, so both are noted: a deadline that passes during the
+    handshake cuts it too. A deadline already passed refuses to start either.
+    """
+
+    def _note(self) -> None:
         deadline: Deadline | None = getattr(_current, "deadline", None)
         self.pagent_deadline = deadline  # whoever uses the connection now owns it
-        if deadline is not None:
-            deadline.connection = self  # type: ignore[assignment]
+        if deadline is None:
+            return
+        deadline.connection = self  # type: ignore[assignment]
+        if deadline.expired:
+            raise TimeoutError("the request's overall deadline passed before it could be sent")
+
+    def connect(self) -> None:
+        self._note()
+        super().connect()  # type: ignore[misc]
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        self._note()
         return super().request(*args, **kwargs)  # type: ignore[misc]
 
 
@@ -129,8 +149,14 @@ class Watchdog:
         with self._changed:
             while True:
                 now = time.monotonic()
+                overdue = False
                 for deadline in self._active.values():
-                    if not deadline.expired and deadline.at <= now:
+                    if deadline.at <= now:
+                        # again on every pass: a connection noted after the deadline passed
+                        # (one still connecting) must be cut as soon as it shows up
                         deadline.expire()
-                pending = [d.at for d in self._active.values() if not d.expired]
-                self._changed.wait(timeout=max(0.0, min(pending) - now) if pending else None)
+                        overdue = True
+                pending = [d.at - now for d in self._active.values() if d.at > now]
+                if overdue:
+                    pending.append(_OVERDUE_POLL_S)
+                self._changed.wait(timeout=min(pending) if pending else None)

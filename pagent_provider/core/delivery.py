@@ -137,11 +137,15 @@ def _deliver_into(sender: V1Sender, events: list[PendingEvent], outcome: BatchOu
         outcome.unknown_reason = str(error)
         return
     except PagentError as error:
+        # every other pagent error proves nothing was stored (refused key,
+        # redirect, 4xx, retries exhausted on 429/500/503, never connected)
         outcome.failed.extend(events)
         outcome.error = error
         return
     except Exception as error:  # noqa: BLE001 - reported to the engine, which decides
-        outcome.failed.extend(events)
+        # a failure nobody foresaw, possibly after the body went out: never assume it was not stored
+        outcome.unknown.extend(events)
+        outcome.unknown_reason = f"unexpected error while sending: {type(error).__name__}"
         outcome.error = error
         return
     outcome.sent.extend(events)

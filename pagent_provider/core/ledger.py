@@ -61,6 +61,12 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LOOKUP_SLICE = 500
 # Times a claim re-inserts keys released by another run between its insert and its lookup.
 _VANISHED_ROUNDS = 3
+#: SQLAlchemy 2 runs an INSERT ... RETURNING with many rows as batched multi-row
+#: statements and returns every row ("insertmanyvalues"); 1.4 (Airflow 2.11 to 3.1) does not.
+SQLALCHEMY_2 = int(sa.__version__.split(".")[0]) >= 2
+# Rows per multi-row VALUES claim on SQLAlchemy 1.4: 12 columns each, well below
+# PostgreSQL's 65,535 bind parameters per statement.
+_VALUES_SLICE = 1000
 _UNRECORDED_SENT = (
     "the ledger still holds them as claims, which the next run treats as an unknown outcome "
     "(with unknown_outcome='resend' it sends them again)"
@@ -176,6 +182,25 @@ def _table_parts(table_name: str) -> tuple[str | None, str]:
     return schema or None, name
 
 
+#: Reasons and details may hold any character: on MySQL/MariaDB the tables are
+#: utf8mb4 whatever the database's default (a latin1 database would refuse a
+#: CJK reason with error 1366 in strict mode). Other dialects ignore these.
+_TEXT_TABLE_OPTIONS = {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"}
+
+
+def storable(text: str, limit: int) -> str:
+    """``text`` as every ledger database can store it, cut to ``limit`` characters.
+
+    A NUL (PostgreSQL text cannot hold one) and lone surrogates (no driver can
+    encode them) are written as escapes; they come from rows and from server
+    answers, which are not ours to trust.
+    """
+    safe = text.replace("\x00", "\\x00")
+    if not safe.isascii():
+        safe = safe.encode("utf-8", "backslashreplace").decode("utf-8")
+    return safe[:limit]
+
+
 def _build_tables(
     table_name: str, key: Callable[[int], sa.types.TypeEngine[str]]
 ) -> tuple[sa.MetaData, sa.Table, sa.Table]:
@@ -200,6 +225,7 @@ def _build_tables(
         sa.Column("sent_at", sa.BigInteger),
         sa.Column("detail", sa.String(1000)),
         sa.Index(f"ix_{name}_claim", "namespace", "claim_id"),
+        **_TEXT_TABLE_OPTIONS,
     )
     rejects = sa.Table(
         f"{name}_rejects",
@@ -214,6 +240,7 @@ def _build_tables(
         sa.Column("reason", sa.String(2000), nullable=False),
         sa.Column("recorded_at", sa.BigInteger, nullable=False),
         sa.Index(f"ix_{name}_rejects_ns", "namespace", "recorded_at"),
+        **_TEXT_TABLE_OPTIONS,
     )
     return metadata, ledger, rejects
 
@@ -497,10 +524,22 @@ class Ledger:
         rows = sorted(rows, key=lambda row: str(row["event_key"]))
         if self.database.driver_executemany:
             return self._insert_on_sqlite(conn, rows)
+        if self.database.insert_returns_rows and not SQLALCHEMY_2:
+            return self._insert_returning_values(conn, rows)
         result = conn.execute(self._claim_statement, rows)
         if self.database.insert_returns_rows:
             return {(row[0], row[1]) for row in result}
         return _inserted_if_all(rows, result.rowcount)
+
+    def _insert_returning_values(self, conn: sa.Connection, rows: list[dict[str, object]]) -> set[tuple[str, str]]:
+        # SQLAlchemy 1.4: the same insert-if-absent as one multi-row VALUES per slice,
+        # so that RETURNING names exactly the rows inserted, as SQLAlchemy 2 gives it
+        # from an executemany. Same statement, same transaction, same key order.
+        inserted: set[tuple[str, str]] = set()
+        for start in range(0, len(rows), _VALUES_SLICE):
+            statement = self._claim_statement.values(rows[start : start + _VALUES_SLICE])
+            inserted.update((row[0], row[1]) for row in conn.execute(statement))
+        return inserted
 
     def _insert_on_sqlite(self, conn: sa.Connection, rows: list[dict[str, object]]) -> set[tuple[str, str]] | None:
         # The driver's own executemany (sqlite3), with the statement compiled once to
@@ -753,7 +792,7 @@ class Ledger:
             ),
             claim_id,
             key_list,
-            self.table.update().values(status=UNKNOWN, detail=detail[:1000]),
+            self.table.update().values(status=UNKNOWN, detail=storable(detail, 1000)),
         )
 
     def release(self, claim_id: str, keys: Iterable[str] | None = None) -> None:
@@ -814,9 +853,9 @@ class Ledger:
                 "run_token": self.owner.run_token,
                 "source": reject.source,
                 "event_key": reject.event_key,
-                "row_ref": reject.row[:MAX_KEY_LENGTH],
-                "field": reject.field[:128],
-                "reason": reject.reason[:2000],
+                "row_ref": storable(reject.row, MAX_KEY_LENGTH),
+                "field": storable(reject.field, 128),
+                "reason": storable(reject.reason, 2000),
                 "recorded_at": stamp,
             }
             for reject in rejects

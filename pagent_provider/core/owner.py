@@ -9,6 +9,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def host_identity() -> str:
+    """This machine *and* PID namespace, as written on claims: ``hostname`` plus ``pidns:<inode>``.
+
+    Two containers (``docker --network host``, Kubernetes ``hostNetwork``) can
+    share a hostname while each sees only its own processes: a pid that does
+    not exist here may be alive next door. Only an owner with this exact
+    identity can be judged dead by its pid.
+    """
+    hostname = socket.gethostname()[:200]  # the owner_host column holds 255 characters
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return hostname  # no /proc (not Linux): the pid check then trusts the hostname alone
+    return f"{hostname}|pidns:{namespace}"
+
+
 def process_is_alive(pid: int) -> bool:
     """True while ``pid`` runs on this host (a zombie, already dead, counts as gone)."""
     if pid <= 0:
@@ -41,7 +57,7 @@ class ClaimOwner:
     """
 
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex)
-    host: str = field(default_factory=socket.gethostname)
+    host: str = field(default_factory=host_identity)
     pid: int = field(default_factory=os.getpid)
     task: str | None = None
     try_number: int | None = None
@@ -49,9 +65,10 @@ class ClaimOwner:
     def outlived(self, host: str | None, pid: int | None, task: str | None, try_number: int | None) -> bool:
         """True when the claim's owner is provably gone, as seen from this owner.
 
-        Gone means: a process on this same host that no longer runs, or an
-        earlier try of this same Airflow task instance (a later try only starts
-        once the earlier one has ended).
+        Gone means: a process on this same host and PID namespace (see
+        :func:`host_identity`) that no longer runs, or an earlier try of this
+        same Airflow task instance (a later try only starts once the earlier
+        one has ended).
         """
         if host == self.host and pid is not None and pid != self.pid and not process_is_alive(pid):
             return True

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,14 +147,26 @@ _DONE = object()
 
 
 def prepare_ahead(
-    chunks: Iterable[pd.DataFrame], preparer: ChunkPreparer, *, poll_s: float, on_idle: Any
-) -> Iterator[PreparedChunk]:
+    chunks: Iterable[pd.DataFrame],
+    preparer: ChunkPreparer,
+    *,
+    poll_s: float,
+    on_idle: Any,
+    abandon_after_s: float = 1.0,
+) -> Generator[PreparedChunk, None, None]:
     """Yield prepared chunks in order, preparing the next one in a helper thread meanwhile.
 
     At most one prepared chunk waits beyond the one being consumed, so memory
     stays bounded by a few chunks. An error while reading or preparing is
     raised here, in the consumer. ``on_idle`` is called every ``poll_s``
-    seconds while the consumer waits (the sync collects answers then).
+    seconds while the consumer waits (the sync collects answers then); it may
+    raise to leave early.
+
+    Leaving early (the consumer stops, or ``on_idle`` raises) waits at most
+    ``abandon_after_s`` for the helper thread: it may be blocked in a slow
+    warehouse read that nothing can interrupt, and a stopping sync must not
+    wait for it before recording the answers in flight. The thread is a
+    daemon, finishes that read, closes the query and ends on its own.
     """
     ahead: queue.Queue[Any] = queue.Queue(maxsize=1)
     stop = threading.Event()
@@ -198,4 +210,4 @@ def prepare_ahead(
             yield item
     finally:
         stop.set()
-        worker.join()
+        worker.join(timeout=abandon_after_s)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -161,9 +161,9 @@ class ConversionSync:
         Safe to call from a signal handler or another thread. :meth:`run` then
         raises :class:`~pagent_provider.exceptions.PagentInterruptedError`.
         """
-        if not self._stop_requested.is_set():
+        if not self._stop_reason:
             self._stop_reason = reason
-            self._stop_requested.set()
+        self._stop_requested.set()
 
     def run(self, chunks: Iterable[pd.DataFrame]) -> SyncSummary:
         """Sync every chunk; return the summary or raise with ``error.summary`` set.
@@ -210,7 +210,7 @@ class ConversionSync:
         except _StopReading:
             return
 
-    def _send_prepared(self, prepared_chunks: Iterator[PreparedChunk], pool: ThreadPoolExecutor) -> None:
+    def _send_prepared(self, prepared_chunks: Generator[PreparedChunk, None, None], pool: ThreadPoolExecutor) -> None:
         for prepared in prepared_chunks:
             self._count_prepared(prepared)
             for batch in batched(prepared.pending, self.options.batch_size):
@@ -221,13 +221,13 @@ class ConversionSync:
                 if len(self._window) >= self._window_size():
                     self._flush_window(pool)
                 if self._stopping:
-                    prepared_chunks.close()  # type: ignore[attr-defined] # stops the helper thread
+                    prepared_chunks.close()  # stops the helper thread
                     return
             self._flush_window(pool)  # the whole chunk goes out while the next one is read
             self._record_sent_claims()
             self._log_progress()
             if self._stopping:
-                prepared_chunks.close()  # type: ignore[attr-defined]
+                prepared_chunks.close()
                 return
 
     @property
@@ -352,6 +352,10 @@ class ConversionSync:
             s.unknown += len(outcome.unknown)
             self._new_unknown += len(outcome.unknown)
             self.log.warning("%d events have an unknown outcome: %s", len(outcome.unknown), outcome.unknown_reason)
+            # Stop sending: a server that loses answers may lose the next ones too, and
+            # every unknown batch is either resent or possibly lost. Stopping bounds
+            # that to the batches already in flight.
+            self._stop_requested.set()
         if outcome.failed:
             s.failed += len(outcome.failed)
         if outcome.error is not None and self._stop_error is None:
@@ -445,10 +449,21 @@ class ConversionSync:
             elapsed,
         )
 
+    def _unknown_message(self) -> str:
+        if self.ledger is not None and self.ledger.unknown_outcome == "skip":
+            then = "with unknown_outcome='skip' they are not sent again (at most once)"
+        else:
+            then = "with unknown_outcome='resend' the next try sends them again (at least once)"
+        return (
+            f"{self._new_unknown} events may or may not have reached pagent (the answer was lost). They are "
+            f"recorded as unknown in the ledger; {then}. The sync stopped there, so that no more than the "
+            "batches in flight share that fate: the next try sends the rest."
+        )
+
     def _raise_for_outcome(self) -> None:
         s = self.summary
         error: BaseException | None = None
-        if self._stop_requested.is_set() and self._stop_error is None:
+        if self._stop_reason and self._stop_error is None:
             error = PagentInterruptedError(
                 f"the sync was stopped ({self._stop_reason}); the requests in flight were drained and what "
                 "pagent acknowledged was recorded. Run it again to continue where it stopped"
@@ -458,6 +473,8 @@ class ConversionSync:
         elif self._stop_error is not None:
             error = PagentDeliveryError(f"the sync stopped on an unexpected error: {self._stop_error!r}")
             error.__cause__ = self._stop_error
+        elif self._new_unknown:
+            error = PagentUnknownOutcomeError(self._unknown_message())
         elif s.invalid + s.rejected > self.options.max_invalid_rows:
             error = PagentDeliveryError(
                 f"{s.invalid} invalid and {s.rejected} refused rows exceed max_invalid_rows="
@@ -471,12 +488,6 @@ class ConversionSync:
                 f"{len(self._elsewhere)} rows of this run are being sent by another live run and were not "
                 f"confirmed sent within {self.options.claimed_elsewhere_wait_s:g}s; this run cannot vouch for "
                 "them, so it fails: a retry checks them again"
-            )
-        elif self._new_unknown and (self.ledger is None or self.ledger.unknown_outcome == "resend"):
-            error = PagentUnknownOutcomeError(
-                f"{self._new_unknown} events may or may not have reached pagent (the answer was lost). "
-                "They are recorded as unknown in the ledger; with unknown_outcome='resend' the next try "
-                "sends them again (at least once)."
             )
         if error is not None:
             error.summary = s.as_dict()  # type: ignore[attr-defined]

@@ -13,10 +13,12 @@ carries:
   to the number of events sent (:func:`acknowledgement`);
 * every status has a deliberate rule (:func:`_raise_for_status`): 400 and 413
   refuse the request (the sync bisects), 401/403 refuse the key, 404/405 point
-  at a wrong base URL, 500 is retried, 429 and 503 are retried honouring
-  ``Retry-After`` and pause *every* sender sharing the :class:`RateLimitGate`,
-  502 and 504 (a proxy that gave up waiting: the server may have stored the
-  events) end as unknown outcomes, anything else is unexpected and fatal;
+  at a wrong base URL, other 4xx are unexpected and fatal (a client error: the
+  request was not carried out), 500 is retried, 429 and 503 are retried
+  honouring ``Retry-After`` and pause *every* sender sharing the
+  :class:`RateLimitGate`; 502, 504, every other 5xx (a gateway that gave up
+  waiting, Cloudflare's 52x: the server may have stored the events) and a
+  final 1xx end as unknown outcomes;
 * a request that may have reached the server (read timeout, connection dropped
   after sending, deadline passed) is never retried silently: it raises
   :class:`~pagent_provider.exceptions.PagentUnknownOutcomeError`;
@@ -57,12 +59,13 @@ from pagent_provider.exceptions import (
 
 log = logging.getLogger(__name__)
 
+#: Bounds of a retry policy: beyond them a setting is a mistake, not a choice.
+MAX_RETRIES_ALLOWED = 100
+MAX_DURATION_S = 3600.0
 #: Retried with backoff: the server says it failed before storing anything.
 RETRIED_SERVER_STATUSES = frozenset({500, 503})
 #: Retried honouring ``Retry-After``, pausing every sender.
 PAUSING_STATUSES = frozenset({429, 503})
-#: A gateway that gave up waiting: the server behind it may have stored the events.
-GATEWAY_STATUSES = frozenset({502, 504})
 #: The request itself is refused (the sync bisects the batch to find the events).
 REFUSED_STATUSES = frozenset({400, 413})
 
@@ -89,12 +92,19 @@ class RetryPolicy:
     deadline_s: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise PagentConfigError(f"max_retries must be >= 0, got {self.max_retries}")
-        if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
-            raise PagentConfigError("timeouts must be positive numbers of seconds")
-        if self.deadline_s is not None and self.deadline_s <= 0:
-            raise PagentConfigError("deadline_s must be a positive number of seconds")
+        if not 0 <= self.max_retries <= MAX_RETRIES_ALLOWED:
+            raise PagentConfigError(f"max_retries must be 0 to {MAX_RETRIES_ALLOWED}, got {self.max_retries}")
+        durations = {
+            "connect timeout": self.connect_timeout_s,
+            "read timeout (the connection's 'timeout' extra)": self.read_timeout_s,
+            "deadline_s": self.deadline_s,
+            "backoff_initial_s": self.backoff_initial_s,
+            "backoff_max_s": self.backoff_max_s,
+        }
+        for name, value in durations.items():
+            # NaN and infinity pass a "> 0" check, then crash deep in socket or timer code
+            if value is not None and not (0 < value <= MAX_DURATION_S):
+                raise PagentConfigError(f"{name} must be a number of seconds above 0 and at most {MAX_DURATION_S:g}")
 
     @property
     def attempt_deadline_s(self) -> float:
@@ -197,7 +207,7 @@ def _error_text(response: requests.Response, redact: Redactor) -> str:
     """The server's explanation (its ``error``, else the body), redacted and cut short."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a hostile, deeply nested body
         return redact.excerpt(response.text)
     if isinstance(body, dict) and "error" in body:
         return redact.excerpt(body["error"])
@@ -217,7 +227,7 @@ def acknowledgement(response: requests.Response, expected: int, redact: Redactor
     status = response.status_code
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a hostile, deeply nested body
         body = None
     accepted = body.get("accepted") if isinstance(body, dict) else None
     if isinstance(body, dict) and "error" not in body and type(accepted) is int and accepted == expected:
@@ -277,19 +287,23 @@ def _raise_for_status(response: requests.Response, url: str, redact: Redactor) -
                 f"pagent answered {status} after every retry: {_error_text(response, redact)}", status_code=status
             ),
         )
-    if status in GATEWAY_STATUSES:
-        raise PagentUnknownOutcomeError(
-            f"POST {url} answered {status} (a gateway gave up waiting for pagent): pagent may or may not "
-            "have recorded these events"
-        )
     if status in (404, 405):
         raise PagentUnexpectedResponseError(
             f"POST {url} answered {status}: check the connection's host (base URL); "
             "it should point at pagent's ingest API, e.g. https://ingest.pagent.ai",
             status_code=status,
         )
-    raise PagentUnexpectedResponseError(
-        f"POST {url} answered an undocumented status {status}: {_error_text(response, redact)}", status_code=status
+    if 400 <= status < 500:
+        # a client error: the server says it did not carry the request out
+        raise PagentUnexpectedResponseError(
+            f"POST {url} answered an undocumented status {status}: {_error_text(response, redact)}",
+            status_code=status,
+        )
+    # Any other 5xx (a gateway that gave up waiting: 502, 504, Cloudflare's 52x) or
+    # a final 1xx: the request reached something that may have passed it on.
+    raise PagentUnknownOutcomeError(
+        f"POST {url} answered {status} ({_error_text(response, redact) or 'no explanation'}): pagent may or may "
+        "not have recorded these events"
     )
 
 

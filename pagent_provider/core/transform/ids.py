@@ -35,7 +35,8 @@ def ids_to_strings(values: pd.Series, *, field: str = "value") -> Converted:
     with NULLs that pandas turned into floats (123.0), become ``"123"``;
     other floats use their repr, ``Decimal`` its text, ``UUID`` its text.
     Invalid: booleans, infinities and NaN ``Decimal`` values, other types,
-    strings holding a lone surrogate (UTF-8 cannot encode them), and whole
+    strings holding a lone surrogate (UTF-8 cannot encode them) or a NUL
+    character (PostgreSQL text cannot hold one), and whole
     floats of 2**53 or more (an integer id that went through float64 may have
     lost digits).
     Missing values are ``None`` with no reason: whether that is allowed
@@ -79,8 +80,19 @@ def _text_ids(values: pd.Series, field: str) -> tuple[np.ndarray, np.ndarray]:
     _add_reasons(reasons, blank, lambda i: _blank_id(field, strings[i]))
     unencodable = _lone_surrogate_mask(strings, present & ~blank)
     _add_reasons(reasons, unencodable, lambda i: _surrogate_id(field, strings[i]))
-    strings[blank | unencodable] = None
+    nul = _nul_mask(strings, present & ~blank & ~unencodable)
+    _add_reasons(reasons, nul, lambda i: _nul_id(field, strings[i]))
+    strings[blank | unencodable | nul] = None
     return strings, reasons
+
+
+def _nul_mask(strings: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """The rows whose string holds a NUL character (one C-level search in the common case)."""
+    mask = np.zeros(len(strings), dtype=bool)
+    if "\x00" not in "".join(strings[present].tolist()):
+        return mask
+    mask[present] = np.fromiter(("\x00" in text for text in strings[present]), dtype=bool, count=int(present.sum()))
+    return mask
 
 
 def _float_ids(x: np.ndarray, field: str) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +127,9 @@ def _id_from_scalar(value: Any, field: str) -> tuple[str | None, str | None]:
     if isinstance(value, str):
         if not value.strip():
             return None, _blank_id(field, value)
-        return (None, _surrogate_id(field, value)) if has_lone_surrogate(value) else (value, None)
+        if has_lone_surrogate(value):
+            return None, _surrogate_id(field, value)
+        return (None, _nul_id(field, value)) if "\x00" in value else (value, None)
     if isinstance(value, bool | np.bool_):
         return None, f"{field} {_shown(value)} is a boolean, not an id; select the {field} column"
     try:
@@ -152,6 +166,11 @@ def _id_from_number(value: Any, field: str) -> tuple[str | None, str | None]:
 
 def _surrogate_id(field: str, value: str) -> str:
     return f"{field} {_shown(value)} {surrogate_problem(value)}"
+
+
+def _nul_id(field: str, value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and no id captured by the SDK holds one
+    return f"{field} {_shown(value)} holds a NUL character (\\x00); clean the column in the SQL"
 
 
 def _blank_id(field: str, value: str) -> str:
