@@ -97,6 +97,8 @@ class SyncSummary:
     failed: int = 0
     batches: int = 0
     requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
     duration_s: float = 0.0
     dry_run: bool = False
     reject_examples: list[str] = field(default_factory=list)
@@ -106,8 +108,20 @@ class SyncSummary:
         return asdict(self)
 
     def describe(self) -> str:
-        """One line for logs."""
-        return ", ".join(f"{name}={value}" for name, value in self.as_dict().items() if name != "reject_examples")
+        """The summary as a few short lines, grouped, for a log view."""
+        d = self.as_dict()
+        lines = [f"pagent sync summary ({d['duration_s']:g}s{', dry run' if self.dry_run else ''}):"]
+        for title, names in _SUMMARY_GROUPS:
+            lines.append(f"  {title:<9} " + "  ".join(f"{name}={d[name]}" for name in names))
+        return "\n".join(lines)
+
+
+_SUMMARY_GROUPS = (
+    ("read", ("rows", "valid", "invalid", "duplicate_keys")),
+    ("delivered", ("sent", "accepted", "already_sent", "changed_after_send")),
+    ("not sent", ("rejected", "unknown", "unknown_resent", "failed", "claimed_elsewhere", "waited_for_elsewhere")),
+    ("requests", ("batches", "requests", "retries", "rate_limited")),
+)
 
 
 class _StopReading(Exception):
@@ -196,9 +210,16 @@ class ConversionSync:
             raise
         finally:
             self.summary.duration_s = round(time.monotonic() - self._started, 3)
-        self.log.info("pagent sync finished: %s", self.summary.describe())
+            self._count_transport()
+        self.log.info("%s", self.summary.describe())
         self._raise_for_outcome()
         return self.summary
+
+    def _count_transport(self) -> None:
+        counters = getattr(getattr(self.sender, "transport", None), "counters", None)
+        if counters is not None:
+            self.summary.retries = counters.retries
+            self.summary.rate_limited = counters.rate_limited
 
     # --- reading and preparing ---------------------------------------------
 

@@ -307,6 +307,21 @@ def _raise_for_status(response: requests.Response, url: str, redact: Redactor) -
     )
 
 
+class TransportCounters:
+    """Retries and rate limits seen by one transport, for the run summary and metrics (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.retries = 0
+        self.rate_limited = 0
+
+    def count_retry(self, *, rate_limited: bool) -> None:
+        """One more retry; ``rate_limited`` when it waits out a 429."""
+        with self._lock:
+            self.retries += 1
+            self.rate_limited += int(rate_limited)
+
+
 class Transport:
     """Posts JSON bodies to pagent with the retry rules described in the module docstring.
 
@@ -335,6 +350,7 @@ class Transport:
         self.gate = gate or RateLimitGate()
         self.redact = redact or Redactor()
         self.watchdog = watchdog or Watchdog()
+        self.counters = TransportCounters()
 
     def __repr__(self) -> str:
         return f"Transport(policy={self.policy!r})"
@@ -429,9 +445,11 @@ class Transport:
             return delay
         return backoff
 
-    @staticmethod
-    def _log_retry(retry_state: tenacity.RetryCallState) -> None:
+    def _log_retry(self, retry_state: tenacity.RetryCallState) -> None:
         failure = retry_state.outcome.exception() if retry_state.outcome else None
+        self.counters.count_retry(
+            rate_limited=isinstance(failure, _RetryLater) and isinstance(failure.final, PagentRateLimitError)
+        )
         log.warning(
             "pagent request attempt %d failed (%s); retrying in %.2fs",
             retry_state.attempt_number,
