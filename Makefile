@@ -1,11 +1,15 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11+:
 #   make demo   -- the main job on embedded defaults (SQLite warehouse, local emulator)
 #   make test   -- install everything and run the whole test suite
+# And for the supported Airflow versions:
+#   make test-matrix  -- the hook, operator, ledger and DAG tests on Airflow 2.11, 3.0,
+#                        3.1 (venvs in .venvs/) and the latest 3.x (.venv); results in
+#                        test-artifacts/matrix/ (MATRIX_LINES="2.11 3.0" for some lines)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint benchmark check-wheel clean
+.PHONY: demo test test-matrix lint benchmark check-wheel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +30,9 @@ demo: $(VENV)/.installed-demo
 test: $(VENV)/.installed-test lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-matrix: $(VENV)/.installed-test
+	PYTHON=$(PYTHON) VENV=$(VENV) scripts/test-matrix.sh $(MATRIX_LINES)
+
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check pagent_provider tests dags scripts benchmarks
 
@@ -36,4 +43,4 @@ check-wheel:
 	scripts/check-wheel.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache build dist *.egg-info test-artifacts
+	rm -rf $(VENV) .venvs .pytest_cache build dist *.egg-info test-artifacts

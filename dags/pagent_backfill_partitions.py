@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-from airflow.sdk import DAG, Param, task
+# common.compat resolves these from airflow.sdk on Airflow 3 and from their 2.11 homes
+# (airflow.models.dag, airflow.models.param, airflow.decorators), so this file runs on
+# every Airflow the provider supports. On 3.x alone, import them from airflow.sdk.
+from airflow.providers.common.compat.sdk import DAG, Param, task
 
 from pagent_provider.operators.conversions import ConversionsOperator
 

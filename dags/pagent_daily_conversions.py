@@ -7,7 +7,8 @@ nothing twice.
 
 The schedule is a ``CronDataIntervalTimetable``: in Airflow 3 a plain
 ``schedule="@daily"`` is a trigger timetable whose runs have an *empty* data
-interval (start == end), which would select nothing.
+interval (start == end), which would select nothing (Airflow 2.11 reads it as a
+data-interval timetable). Naming the timetable gives the same runs on both.
 
 Manual runs (``airflow dags trigger``, ``dag.test(logical_date=D)``) get the
 last *complete* day before ``D``: triggering at ``2026-11-25T00:00Z`` syncs
@@ -25,7 +26,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, CronDataIntervalTimetable
+
+# common.compat gives DAG from airflow.sdk on Airflow 3 and from airflow.models.dag on
+# 2.11, so this file runs on every Airflow the provider supports. On 3.x alone, write
+# ``from airflow.sdk import DAG``.
+from airflow.providers.common.compat.sdk import DAG
+
+try:  # Airflow 3.2+: timetables are part of the Task SDK
+    from airflow.sdk import CronDataIntervalTimetable
+except ImportError:  # Airflow 2.11 to 3.1
+    from airflow.timetables.interval import CronDataIntervalTimetable  # type: ignore[no-redef]
 
 from pagent_provider.operators.conversions import ConversionsOperator
 

@@ -70,7 +70,7 @@ def openlineage_facets_on_start(operator: ConversionsOperator) -> OperatorLineag
     except Exception:
         log.warning("OpenLineage: could not find the tables %s reads", operator.task_id, exc_info=True)
         lineage = OperatorLineage()
-    if operator.dry_run:
+    if operator.dry_run_only:
         return lineage
     try:
         output = Dataset(namespace=pagent_namespace(operator.pagent_conn_id), name=CONVERSIONS_DATASET)
@@ -100,7 +100,7 @@ def openlineage_facets_on_complete(operator: ConversionsOperator, task_instance:
 
 def report_output_asset(operator: ConversionsOperator) -> None:
     """Tell Airflow's hook-level lineage collector about the pagent output (not on dry runs)."""
-    if operator.dry_run:
+    if operator.dry_run_only:
         return
     try:
         from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector

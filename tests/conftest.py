@@ -25,7 +25,22 @@ os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME}/
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
 
-POSTGRES_ADMIN_URL = os.environ.get("PAGENT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+import pandas  # noqa: E402
+
+# The reader builds Python-backed text columns on every machine (pagent_provider/core/frames.py);
+# frames built by hand in tests do the same, whether or not pyarrow (which the Snowflake
+# provider and fakesnow bring) is installed: pyarrow strings cannot hold a lone surrogate.
+pandas.set_option("mode.string_storage", "python")
+
+import sqlalchemy  # noqa: E402 - after the Airflow environment, as every import here
+
+# psycopg 3 has a SQLAlchemy dialect from SQLAlchemy 2.0 on; under 1.4 (the Airflow 2.11
+# to 3.1 lines of the version matrix) PostgreSQL is reached through psycopg2, as Airflow's
+# PostgreSQL provider does there.
+_POSTGRES_DRIVER = "psycopg" if int(sqlalchemy.__version__.split(".")[0]) >= 2 else "psycopg2"
+POSTGRES_ADMIN_URL = os.environ.get(
+    "PAGENT_TEST_POSTGRES_URL", f"postgresql+{_POSTGRES_DRIVER}://postgres@127.0.0.1:5432/postgres"
+)
 MARIADB_ADMIN_URL = os.environ.get("PAGENT_TEST_MARIADB_URL", "mysql+mysqldb://root@127.0.0.1:3306/mysql")
 
 

@@ -188,11 +188,36 @@ def test_rerun_sends_nothing_and_reports_json(
 
     assert first.returncode == 0 and second.returncode == 0, second.stderr
     summary = parse_json(second.stdout)
-    assert list(summary) == ["status", *SyncSummary().as_dict()]  # status first, no "error" on success
+    # status first, no "error" on success, the metrics last
+    assert list(summary) == ["status", *SyncSummary().as_dict(), "metrics"]
     assert summary["status"] == "ok"
+    assert summary["metrics"]["pagent.already_sent"] == ROWS and summary["metrics"]["pagent.sent"] == 0
     assert summary["rows"] == summary["already_sent"] == ROWS
     assert summary["sent"] == summary["requests"] == summary["changed_after_send"] == 0
     assert parse_json(first.stdout)["sent"] == ROWS
+    assert len(pagent_emulator.events()) == ROWS
+    # both runs are in the run history next to the ledger (the warehouse, by default)
+    runs = pd.read_sql("SELECT outcome, sent, already_sent FROM pagent_ledger_runs ORDER BY started_at", warehouse)
+    assert runs.values.tolist() == [["success", ROWS, 0], ["success", 0, ROWS]]
+
+
+def test_reconcile_finds_what_a_stopped_run_left_and_nothing_once_it_is_delivered(
+    pagent_emulator: IngestEmulator, warehouse: str, tmp_path: Path, no_airflow_path: Path
+) -> None:
+    refused = {7, 70}
+    pagent_emulator.faults = Faults(refuse=lambda e: "unknown goal" if e["properties"]["order_id"] in refused else None)
+    run_cli(sync_args(pagent_emulator, warehouse, "--max-invalid-rows", "5"), cwd=tmp_path, no_airflow=no_airflow_path)
+    check = ["reconcile", "--source-url", warehouse, "--sql", QUERY, *MAPPING, "--json"]
+    before = run_cli(check, cwd=tmp_path, no_airflow=no_airflow_path)
+    assert before.returncode == 1, before.stderr
+    report = parse_json(before.stdout)
+    assert report["counts"]["refused"] == 2 and report["counts"]["sent"] == ROWS - 2 and report["unaccounted"] == 2
+    assert {int(e["key"]) for e in report["examples"]["refused"]} == refused
+
+    pagent_emulator.faults = Faults()  # the goal now exists: the re-run delivers them
+    run_cli(sync_args(pagent_emulator, warehouse), cwd=tmp_path, no_airflow=no_airflow_path)
+    after = run_cli(check, cwd=tmp_path, no_airflow=no_airflow_path)
+    assert after.returncode == 0 and parse_json(after.stdout)["counts"]["sent"] == ROWS
     assert len(pagent_emulator.events()) == ROWS
 
 

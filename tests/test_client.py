@@ -122,7 +122,7 @@ def test_properties_array_of_objects_is_accepted(hook, pagent_emulator):
 
 
 def test_wrong_key_fails_after_exactly_one_request_and_fails_the_task_fast(monkeypatch, pagent_emulator):
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.providers.common.compat.sdk import AirflowFailException
 
     conn = {"conn_type": "pagent", "host": pagent_emulator.url, "password": "wrong-key", "extra": {"max_retries": 5}}
     monkeypatch.setenv("AIRFLOW_CONN_PAGENT_DEFAULT", json.dumps(conn))

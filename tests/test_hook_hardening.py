@@ -9,8 +9,7 @@ import json
 import logging
 
 import pytest
-from airflow.providers.common.compat.sdk import redact
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowFailException, redact
 
 from pagent_provider.exceptions import PagentRedirectError, PagentUnacknowledgedError, PagentValidationError
 from pagent_provider.hooks.pagent import PagentHook

@@ -531,10 +531,8 @@ def _lost_answer(engine: sa.Engine) -> Exception:
     name = engine.dialect.name
     if name == "sqlite":
         return sqlite3.OperationalError("disk I/O error")
-    if name == "postgresql":
-        import psycopg
-
-        return psycopg.OperationalError("server closed the connection unexpectedly")
+    if name == "postgresql":  # psycopg 3, or psycopg2 on SQLAlchemy 1.4
+        return engine.dialect.dbapi.OperationalError("server closed the connection unexpectedly")
     import MySQLdb
 
     return MySQLdb.OperationalError(2013, "Lost connection to MySQL server during query")

@@ -27,12 +27,18 @@ def test_provider_info_matches_the_distribution_and_airflow_schema():
 
 def test_providers_manager_lists_provider_and_pagent_connection_type():
     from airflow.providers_manager import ProvidersManager
-    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    try:  # Airflow 3.2+: the task runtime has its own manager of hooks
+        from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+        hooks = ProvidersManagerTaskRuntime().hooks
+    except ImportError:
+        hooks = ProvidersManager().hooks
 
     manager = ProvidersManager()
     assert "airflow-provider-pagent" in manager.providers
     assert manager.providers["airflow-provider-pagent"].version == version("airflow-provider-pagent")
-    hook = ProvidersManagerTaskRuntime().hooks["pagent"]
+    hook = hooks["pagent"]
     assert hook.hook_class_name == "pagent_provider.hooks.pagent.PagentHook"
     assert hook.connection_testable
     behaviour = manager.field_behaviours["pagent"]
@@ -52,7 +58,7 @@ def test_airflow_cli_lists_provider_and_hook():
 
 
 def test_hook_uses_airflow_sdk_base_classes():
-    from airflow.sdk import BaseHook, BaseOperator
+    from airflow.providers.common.compat.sdk import BaseHook, BaseOperator
 
     from pagent_provider.hooks.pagent import PagentHook
     from pagent_provider.operators.conversions import ConversionsOperator

@@ -5,6 +5,7 @@ A thin shell on the same Airflow-free core the ``ConversionsOperator`` uses::
     export PAGENT_API_KEY=...
     pagent-conversions check
     pagent-conversions sync --source-url sqlite:///shop.db --sql orders.sql --key-column order_id
+    pagent-conversions reconcile --source-url sqlite:///shop.db --sql orders.sql --key-column order_id
     pagent-conversions emulator --port 8080
 
 The API key is read from the environment variable ``PAGENT_API_KEY`` only.
@@ -44,6 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pagent_provider.cli.check_command import run_check
 
             return run_check(args)
+        if args.command == "ledger":
+            from pagent_provider.cli.ledger_command import run_ledger
+
+            return run_ledger(args)
+        if args.command == "reconcile":
+            from pagent_provider.cli.reconcile_command import run_reconcile
+
+            return run_reconcile(args)
         # Imported here, not at the top: pandas and SQLAlchemy take about a second
         # to load, which `check` and `--help` need not wait for.
         from pagent_provider.cli.sync_command import run_sync

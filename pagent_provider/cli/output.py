@@ -29,7 +29,8 @@ def render_table(document: Mapping[str, Any]) -> str:
 
     The error message is left out: it goes to stderr, where errors belong.
     """
-    rows = [(name, _cell(value)) for name, value in document.items() if name not in ("reject_examples", "error")]
+    hidden = ("reject_examples", "error", "metrics")  # metrics repeat the counts: JSON only
+    rows = [(name, _cell(value)) for name, value in document.items() if name not in hidden]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
     examples = document.get("reject_examples") or []

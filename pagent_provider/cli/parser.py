@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_sync_command(commands)
+    add_reconcile_command(commands)
+    add_ledger_command(commands)
     add_check_command(commands)
     add_emulator_command(commands)
     return parser
@@ -178,7 +180,117 @@ def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ign
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    source = sync.add_argument_group("source")
+    add_source_options(sync)
+    add_mapping_options(sync)
+    delivery = sync.add_argument_group("delivery")
+    delivery.add_argument(
+        "--max-invalid-rows",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fail when more rows than this are invalid or refused by pagent (default %(default)s)",
+    )
+    delivery.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.BATCH_SIZE,
+        metavar="N",
+        help="events per request, 1 to 100 (default %(default)s)",
+    )
+    delivery.add_argument(
+        "--max-workers",
+        type=int,
+        default=defaults.MAX_WORKERS,
+        metavar="N",
+        help="concurrent requests (default %(default)s)",
+    )
+    delivery.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read, transform and validate everything; send nothing and write nothing to the ledger "
+        f"({API_KEY_ENV} is not needed)",
+    )
+
+    ledger = add_ledger_location_options(sync)
+    ledger.add_argument(
+        "--no-ledger",
+        dest="use_ledger",
+        action="store_false",
+        help="send without a ledger: re-runs send everything again",
+    )
+    ledger.add_argument(
+        "--unknown-outcome",
+        choices=("resend", "skip"),
+        default=defaults.UNKNOWN_OUTCOME,
+        help="what to do with events whose earlier answer was lost: resend them (at least once) "
+        "or skip them (at most once) (default %(default)s)",
+    )
+    ledger.add_argument(
+        "--claim-timeout",
+        type=float,
+        default=defaults.CLAIM_TIMEOUT_S,
+        metavar="S",
+        help="seconds without heartbeat after which another run's claim counts as abandoned (default %(default)s)",
+    )
+
+    add_pagent_options(sync, retries=True)
+    output = sync.add_argument_group("output")
+    output.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    output.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log progress and the final summary line on stderr",
+    )
+
+
+def add_reconcile_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``reconcile``: the same source, mapping and ledger options as ``sync``; sends nothing."""
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="check that every row a SQL query selects reached pagent (sends nothing)",
+        description=(
+            "Read the rows of a SQL query exactly as sync does and look each one up in the ledger:\n"
+            "sent, changed after send, unknown, in flight, refused, invalid, never sent, duplicate key.\n"
+            "Exit status 0 when every row is sent, 1 when any is unaccounted for, 2 on a usage error."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    add_source_options(reconcile)
+    add_mapping_options(reconcile)
+    add_ledger_location_options(reconcile)
+    output = reconcile.add_argument_group("output")
+    output.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    output.add_argument(
+        "--examples", type=positive_int, default=10, metavar="N", help="rows shown per category (default %(default)s)"
+    )
+    output.add_argument("-v", "--verbose", action="store_true", help="log on stderr")
+
+
+def add_ledger_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``ledger ddl``: the statements that create the ledger's tables, for a DBA to run."""
+    ledger = commands.add_parser("ledger", help="the ledger's tables: print their DDL", allow_abbrev=False)
+    actions = ledger.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
+    ddl = actions.add_parser(
+        "ddl",
+        help="print CREATE TABLE statements of the ledger, its rejects and its run history",
+        description=(
+            "Print the statements that create the ledger's three tables, for a database user\n"
+            "without DDL rights: a DBA runs them once; the user then needs SELECT, INSERT, UPDATE\n"
+            "and DELETE on them (--grant-to prints those GRANTs too)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    ddl.add_argument("--dialect", required=True, choices=("postgresql", "mysql", "mariadb", "sqlite"))
+    ddl.add_argument("--ledger-table", default=defaults.LEDGER_TABLE, metavar="TABLE", help="(default %(default)s)")
+    ddl.add_argument("--grant-to", metavar="USER", help="also print the GRANT statements for this database user")
+
+
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """Where the rows come from: the warehouse, the query, its parameters."""
+    source = parser.add_argument_group("source")
     source.add_argument(
         "--source-url",
         required=True,
@@ -209,7 +321,10 @@ def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ign
         help="rows read per chunk (default %(default)s)",
     )
 
-    mapping = sync.add_argument_group("event mapping")
+
+def add_mapping_options(parser: argparse.ArgumentParser) -> None:
+    """How rows become events: the operator's transform parameters."""
+    mapping = parser.add_argument_group("event mapping")
     mapping.add_argument(
         "--columns",
         dest="columns",
@@ -260,36 +375,10 @@ def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ign
         help="accept rows without a conversion time (pagent then stamps them with the upload time)",
     )
 
-    delivery = sync.add_argument_group("delivery")
-    delivery.add_argument(
-        "--max-invalid-rows",
-        type=int,
-        default=0,
-        metavar="N",
-        help="fail when more rows than this are invalid or refused by pagent (default %(default)s)",
-    )
-    delivery.add_argument(
-        "--batch-size",
-        type=int,
-        default=defaults.BATCH_SIZE,
-        metavar="N",
-        help="events per request, 1 to 100 (default %(default)s)",
-    )
-    delivery.add_argument(
-        "--max-workers",
-        type=int,
-        default=defaults.MAX_WORKERS,
-        metavar="N",
-        help="concurrent requests (default %(default)s)",
-    )
-    delivery.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="read, transform and validate everything; send nothing and write nothing to the ledger "
-        f"({API_KEY_ENV} is not needed)",
-    )
 
-    ledger = sync.add_argument_group("ledger")
+def add_ledger_location_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Where the ledger is: its database, table and namespace."""
+    ledger = parser.add_argument_group("ledger")
     ledger.add_argument(
         "--ledger-url",
         metavar="URL",
@@ -308,36 +397,7 @@ def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ign
         help="scope of the ledger's keys; share it with the DAGs that upload to the same pagent account "
         "(default %(default)s, as the Airflow operator's)",
     )
-    ledger.add_argument(
-        "--no-ledger",
-        dest="use_ledger",
-        action="store_false",
-        help="send without a ledger: re-runs send everything again",
-    )
-    ledger.add_argument(
-        "--unknown-outcome",
-        choices=("resend", "skip"),
-        default=defaults.UNKNOWN_OUTCOME,
-        help="what to do with events whose earlier answer was lost: resend them (at least once) "
-        "or skip them (at most once) (default %(default)s)",
-    )
-    ledger.add_argument(
-        "--claim-timeout",
-        type=float,
-        default=defaults.CLAIM_TIMEOUT_S,
-        metavar="S",
-        help="seconds without heartbeat after which another run's claim counts as abandoned (default %(default)s)",
-    )
-
-    add_pagent_options(sync, retries=True)
-    output = sync.add_argument_group("output")
-    output.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    output.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="log progress and the final summary line on stderr",
-    )
+    return ledger
 
 
 def add_pagent_options(parser: argparse.ArgumentParser, *, retries: bool) -> None:

@@ -31,8 +31,10 @@ from pagent_provider.cli.terminal import ProgressLine, StatusLine, sync_progress
 from pagent_provider.core.client import PagentClient
 from pagent_provider.core.delivery import V1Sender
 from pagent_provider.core.ledger import Ledger
+from pagent_provider.core.metrics import metrics_of
 from pagent_provider.core.owner import ClaimOwner
 from pagent_provider.core.reading import read_sql_chunks
+from pagent_provider.core.run_history import RunHistory, RunStart, outcome_of
 from pagent_provider.core.stopping import stop_gracefully_on
 from pagent_provider.core.sync import ConversionSync, SyncOptions
 from pagent_provider.core.transform import TransformConfig
@@ -54,10 +56,7 @@ def run_sync(args: argparse.Namespace, line: StatusLine) -> int:
     Raises:
         UsageError, PagentConfigError: a mistake in the arguments or the query's columns.
     """
-    sql = load_sql(args.sql)
-    parameters = build_parameters(args.params)
-    check_placeholders(sql, parameters)
-    transform = build_transform_config(args)
+    sql, parameters, transform = read_query_arguments(args)
     options = build_sync_options(args)
     base_url = resolve_base_url(args)  # validated even in a dry run: a typo should show early
     policy = build_retry_policy(args)
@@ -78,19 +77,24 @@ def run_sync(args: argparse.Namespace, line: StatusLine) -> int:
         # Registered last, so it runs first: a sync that stopped early leaves the
         # query's connection checked out, and dispose() only closes idle ones.
         cleanup.callback(chunks.close)
+        history = start_history(ledger, parameters, dry_run=args.dry_run)
         try:
             # SIGTERM (cron, systemd, Kubernetes, docker stop) stops exactly as Ctrl-C does
             with stop_gracefully_on(sync.request_stop):
                 error = execute_sync(sync, chunks, line)
-        except KeyboardInterrupt:  # a second signal while stopping
+        except KeyboardInterrupt as interrupted:  # a second signal while stopping
+            finish_history(history, ledger, sync, interrupted)
             print_summary(summary_document(sync.summary.as_dict(), "interrupted"), args.json)
             print(f"{PROG} sync: interrupted; run it again to continue where it stopped", file=sys.stderr)
             return EXIT_INTERRUPTED
+        finish_history(history, ledger, sync, error)
 
     message = describe_failure(error) if error is not None else None
     # The sync's own counts: run() attaches the same to its errors (error.summary),
     # but a database error carries none.
-    print_summary(summary_document(sync.summary.as_dict(), message), args.json)
+    document = summary_document(sync.summary.as_dict(), message)
+    document["metrics"] = metrics_of(sync.summary.as_dict(), outcome_of(error))["counters"]
+    print_summary(document, args.json)
     if error is None:
         return EXIT_OK
     if isinstance(error, PagentInterruptedError):
@@ -98,6 +102,23 @@ def run_sync(args: argparse.Namespace, line: StatusLine) -> int:
         return EXIT_INTERRUPTED
     print(f"{PROG} sync: failed: {message}", file=sys.stderr)
     return exit_code_for(error)
+
+
+def start_history(ledger: Ledger | None, parameters: Mapping[str, str], *, dry_run: bool) -> RunHistory | None:
+    """The run's row in ``<ledger_table>_runs`` (none without a ledger, none in a dry run)."""
+    if ledger is None or dry_run:
+        return None
+    history = RunHistory.for_ledger(ledger)
+    history.start(RunStart.of(ledger.owner, ledger.namespace, params=dict(parameters)))
+    return history
+
+
+def finish_history(
+    history: RunHistory | None, ledger: Ledger | None, sync: ConversionSync, error: BaseException | None
+) -> None:
+    """Complete the run's row with its counts and outcome."""
+    if history is not None and ledger is not None:
+        history.finish(ledger.owner.run_token, sync.summary.as_dict(), outcome_of(error), error)
 
 
 def execute_sync(sync: ConversionSync, chunks: RowCountingChunks, line: StatusLine) -> BaseException | None:
@@ -156,6 +177,19 @@ def print_summary(document: Mapping[str, Any], as_json: bool) -> None:
 
 
 # --------------------------------------------------------------------------- the query
+
+
+def read_query_arguments(args: argparse.Namespace) -> tuple[str, dict[str, str], TransformConfig]:
+    """The query, its parameters (checked against its placeholders) and the event mapping, as sync and reconcile take them.
+
+    Raises:
+        UsageError, PagentConfigError: see :func:`load_sql`, :func:`check_placeholders`
+            and :func:`build_transform_config`.
+    """
+    sql = load_sql(args.sql)
+    parameters = build_parameters(args.params)
+    check_placeholders(sql, parameters)
+    return sql, parameters, build_transform_config(args)
 
 
 def load_sql(value: str) -> str:

@@ -201,7 +201,7 @@ def storable(text: str, limit: int) -> str:
     return safe[:limit]
 
 
-def _build_tables(
+def build_tables(
     table_name: str, key: Callable[[int], sa.types.TypeEngine[str]]
 ) -> tuple[sa.MetaData, sa.Table, sa.Table]:
     """The ledger and rejects tables; ``key`` is the dialect's type of a byte-exact key column."""
@@ -294,7 +294,7 @@ class Ledger:
         self.table_name = table_name
         self.claim_timeout_ms = int(claim_timeout_s * 1000)
         self.unknown_outcome: UnknownOutcomePolicy = unknown_outcome
-        self.metadata, self.table, self.rejects_table = _build_tables(table_name, self.database.key_type)
+        self.metadata, self.table, self.rejects_table = build_tables(table_name, self.database.key_type)
         self._retry = LedgerRetry(budget_s=write_retry_s, permanent=self.database.permanent, table=table_name)
         # One statement, compiled once and run with a list of rows (executemany):
         # building a new multi-row VALUES per batch costs more than the database work.

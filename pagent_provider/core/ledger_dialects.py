@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -65,6 +65,8 @@ class LedgerDialect:
             table's key columns do not compare byte-exactly.
         permanent: true for an error of a transient class (``OperationalError``)
             that retrying cannot cure (a missing table, a syntax error).
+        one_machine: the database is a local file: workers on other machines
+            would each keep their own ledger and lose every guarantee.
     """
 
     label: str
@@ -76,12 +78,19 @@ class LedgerDialect:
     prepare_engine: Callable[[sa.Engine], None] | None = None
     before_create: Callable[[sa.Engine], None] | None = None
     check_key_columns: Callable[[sa.Connection, KeyColumns], None] | None = None
+    one_machine: bool = False
 
 
 # --------------------------------------------------------------------------- MySQL and MariaDB
 
 
-class Utf8Bytes(sa.types.TypeDecorator[str]):
+if TYPE_CHECKING:
+    _TextDecorator = sa.types.TypeDecorator[str]
+else:  # SQLAlchemy 1.4's TypeDecorator is not generic: subscripting it fails at import
+    _TextDecorator = sa.types.TypeDecorator
+
+
+class Utf8Bytes(_TextDecorator):
     """A text key kept as its UTF-8 bytes in a ``VARBINARY`` column (MySQL and MariaDB).
 
     ``VARBINARY`` is the one type that compares byte-exactly on every MySQL
@@ -108,9 +117,19 @@ class Utf8Bytes(sa.types.TypeDecorator[str]):
     def process_bind_param(self, value: str | None, dialect: sa.Dialect) -> bytes | None:
         return None if value is None else value.encode()
 
-    def process_result_value(self, value: bytes | str | None, dialect: sa.Dialect) -> str | None:
+    def result_processor(self, dialect: sa.Dialect, coltype: object) -> Callable[[Any], str | None]:
+        # Not the VARBINARY processor: SQLAlchemy 1.4's calls bytes(value), which fails
+        # on the text a column not yet migrated (still VARCHAR) returns.
+        def process(value: Any) -> str | None:
+            return self.process_result_value(value, dialect)
+
+        return process
+
+    def process_result_value(
+        self, value: bytes | bytearray | memoryview | str | None, dialect: sa.Dialect
+    ) -> str | None:
         # text from a column not yet migrated (still VARCHAR) is passed through
-        return value.decode() if isinstance(value, bytes) else value
+        return bytes(value).decode() if isinstance(value, bytes | bytearray | memoryview) else value
 
 
 class _MySQLColumn(NamedTuple):
@@ -334,6 +353,7 @@ SQLITE = LedgerDialect(
     permanent=_sqlite_permanent,
     prepare_engine=_prepare_sqlite,
     before_create=_switch_to_wal,
+    one_machine=True,
 )
 
 
@@ -357,6 +377,35 @@ WITHOUT_PRIMARY_KEYS = {
 # DuckDB (duckdb_engine, dialect "duckdb") does enforce primary keys and has
 # ON CONFLICT DO NOTHING, but it is not installed here, so nothing about it has
 # been measured: it stays refused, like every dialect not in DIALECTS.
+
+
+#: Executors that run every task on the scheduler's machine: a one-machine ledger is safe under them.
+ONE_MACHINE_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor", "DebugExecutor"})
+
+
+def check_placement(dialect: LedgerDialect, executor: str | None) -> None:
+    """Refuse a one-machine ledger (SQLite) under an executor that runs tasks on several machines.
+
+    ``executor`` is the executor the task runs on (its ``executor`` argument, or
+    the first of ``[core] executor``), as a class name or a dotted path;
+    ``None`` outside Airflow. Anything but the local executors counts as
+    several machines (Celery, Kubernetes, Edge, ECS, ...): better refused
+    than silently keeping one ledger per worker.
+
+    Raises:
+        PagentLedgerError: the ledger would be split across machines.
+    """
+    if executor is None or not dialect.one_machine:
+        return
+    name = executor.strip().rsplit(".", 1)[-1].split(":")[-1]
+    if name in ONE_MACHINE_EXECUTORS:
+        return
+    raise PagentLedgerError(
+        f"the delivery ledger is a {dialect.label} file, but tasks run on the {name}, which runs them on "
+        "several machines: each worker would keep its own ledger, and parallel or retried tasks could send "
+        "a conversion twice. Keep the ledger in PostgreSQL or MySQL/MariaDB (ledger_conn_id); the Airflow "
+        "metadata database is not an option."
+    )
 
 
 def ledger_dialect(name: str) -> LedgerDialect:

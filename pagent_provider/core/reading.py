@@ -9,6 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pagent_provider.core import defaults
+from pagent_provider.core.frames import frame_from_rows
 
 
 def read_sql_chunks(
@@ -22,8 +23,10 @@ def read_sql_chunks(
 
     The result is streamed with a server-side cursor where the dialect has one
     (PostgreSQL, MySQL/MariaDB): only about one chunk is held in memory,
-    whatever the size of the result. ``Decimal`` values (NUMERIC columns) are
-    kept exact (``coerce_float=False``).
+    whatever the size of the result. Each chunk is built by
+    :func:`~pagent_provider.core.frames.frame_from_rows`, as the DB-API path
+    builds it: ``Decimal`` values (NUMERIC columns) are kept exact, and an
+    empty result gives one empty chunk with the column names.
 
     Args:
         engine: the source database.
@@ -38,10 +41,12 @@ def read_sql_chunks(
         raise ValueError(f"chunksize must be at least 1, got {chunksize}")
     with engine.connect() as connection:
         streaming = connection.execution_options(stream_results=True, max_row_buffer=chunksize)
-        yield from pd.read_sql(
-            sa.text(sql),
-            streaming,
-            params=dict(parameters or {}),
-            chunksize=chunksize,
-            coerce_float=False,
-        )
+        result = streaming.execute(sa.text(sql), dict(parameters or {}))
+        columns = list(result.keys())
+        # What pandas.read_sql(chunksize=...) does, with the shared frame builder.
+        rows = result.fetchmany(chunksize)
+        if not rows:
+            yield frame_from_rows([], columns)
+        while rows:
+            yield frame_from_rows(rows, columns)
+            rows = result.fetchmany(chunksize)

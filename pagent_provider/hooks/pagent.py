@@ -7,9 +7,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
-from airflow.providers.common.compat.sdk import mask_secret
-from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowFailException
+# common.compat resolves each name where this Airflow keeps it: ``airflow.sdk`` on 3.x,
+# ``airflow.hooks.base`` / ``airflow.exceptions`` / ``airflow.utils.log.secrets_masker`` on
+# 2.11, and ``airflow.exceptions`` for AirflowFailException before task-sdk 1.2 (Airflow < 3.2),
+# which is the class the task runner of that version catches to fail a task without retrying.
+from airflow.providers.common.compat.sdk import AirflowFailException, BaseHook, mask_secret
 
 from pagent_provider.core import defaults
 from pagent_provider.core.client import DEFAULT_BASE_URL, PagentClient
@@ -68,6 +70,19 @@ def base_url_from_connection(host: str | None, port: int | None, schema: str | N
     return f"{url}:{port}" if port else url
 
 
+def _extra_field(extra: Mapping[str, Any], name: str, default: float) -> Any:
+    """An extra of the connection, as any supported Airflow's UI may have stored it.
+
+    Forms of Airflow < 3.2 (the legacy widgets) may store an emptied field as ``""``
+    or ``None``, and connections made by very old UIs carry ``extra__pagent__<name>``.
+    """
+    for key in (name, f"extra__{PagentHook.conn_type}__{name}"):
+        value = extra.get(key)
+        if value is not None and value != "":
+            return value
+    return default
+
+
 class PagentHook(BaseHook):
     """Interact with pagent's server-side conversions API.
 
@@ -76,7 +91,7 @@ class PagentHook(BaseHook):
     seconds, default 30) and ``max_retries`` (default 5).
 
     Fatal errors (400, 401, bad configuration) are raised as their pagent type
-    *and* as :class:`~airflow.sdk.exceptions.AirflowFailException`, so a task
+    *and* as Airflow's ``AirflowFailException`` (of the running version), so a task
     fails at once instead of retrying what cannot succeed.
 
     Args:
@@ -97,9 +112,42 @@ class PagentHook(BaseHook):
     def __repr__(self) -> str:
         return f"PagentHook(pagent_conn_id={self.pagent_conn_id!r})"
 
+    # The connection form. Airflow 3.2+ reads it from get_provider_info() (its one source:
+    # ``conn-fields`` and ``ui-field-behaviour``) and then skips the two methods below, which
+    # it deprecates. Airflow 2.11, 3.0 and 3.1 know only these methods.
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Extra fields of the connection form for Airflow < 3.2, built from ``conn-fields``.
+
+        wtforms fields, as Airflow 2.11's Flask UI renders them; Airflow 3.0 and 3.1 turn
+        the same fields into their React form (their UI patches these wtforms and
+        flask-appbuilder names with stand-ins, so only ``label``, ``description``,
+        ``default``, ``validators`` and ``widget`` are passed). Only ``IntegerField`` and
+        ``StringField`` are used: Airflow < 3.2 refuses any other field class.
+        """
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import IntegerField, StringField
+        from wtforms.validators import Optional
+
+        [connection_type] = get_provider_info()["connection-types"]
+        widgets: dict[str, Any] = {}
+        for name, spec in connection_type["conn-fields"].items():
+            # "number" (the timeout may be fractional) has no wtforms field Airflow accepts: text
+            field = IntegerField if "integer" in spec["schema"]["type"] else StringField
+            widgets[name] = field(
+                lazy_gettext(spec["label"]),
+                validators=[Optional()],
+                description=spec["description"],
+                default=spec["schema"].get("default"),
+                widget=BS3TextFieldWidget(),
+            )
+        return widgets
+
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Connection form for Airflow < 3.2 (newer versions read ``get_provider_info()``, its one source)."""
+        """Hidden, relabelled and placeholder fields for Airflow < 3.2, from ``ui-field-behaviour``."""
         [connection_type] = get_provider_info()["connection-types"]
         behaviour = connection_type["ui-field-behaviour"]
         return {
@@ -126,8 +174,8 @@ class PagentHook(BaseHook):
         extra = conn.extra_dejson
         try:
             policy = RetryPolicy(
-                max_retries=int(extra.get("max_retries", RetryPolicy.max_retries)),
-                read_timeout_s=float(extra.get("timeout", RetryPolicy.read_timeout_s)),
+                max_retries=int(_extra_field(extra, "max_retries", RetryPolicy.max_retries)),
+                read_timeout_s=float(_extra_field(extra, "timeout", RetryPolicy.read_timeout_s)),
             )
         except (TypeError, ValueError) as error:
             raise PagentConfigError(

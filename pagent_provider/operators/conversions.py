@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 import logging
-import signal
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from airflow.providers.common.compat.sdk import conf
 from airflow.providers.common.sql.operators.sql import BaseSQLOperator
 
 from pagent_provider.core import defaults
 from pagent_provider.core.ledger import Ledger, UnknownOutcomePolicy
+from pagent_provider.core.ledger_dialects import check_placement
 from pagent_provider.core.owner import ClaimOwner
-from pagent_provider.core.reading import read_sql_chunks
 from pagent_provider.core.stopping import stop_gracefully_on
 from pagent_provider.core.sync import KEY_COLUMN_WARNING, ConversionSync, SyncOptions
 from pagent_provider.core.transform import TransformConfig
 from pagent_provider.exceptions import PagentFatalError
 from pagent_provider.hooks.pagent import PagentHook, as_airflow_failure
+from pagent_provider.hooks.sql_source import ReadMode, check_read_mode, open_sql_source
 from pagent_provider.lineage import openlineage_facets_on_complete, openlineage_facets_on_start, report_output_asset
+from pagent_provider.operators.run_reporting import describe_start, reporting
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
+    from airflow.providers.common.compat.sdk import Context
     from airflow.providers.openlineage.extractors import OperatorLineage
-    from airflow.sdk import Context
 
 
 class ConversionsOperator(BaseSQLOperator):
@@ -58,7 +60,8 @@ class ConversionsOperator(BaseSQLOperator):
     :param batch_size: events per request, 1 to 100.
     :param max_workers: concurrent requests.
     :param chunksize: rows per DataFrame chunk read from the warehouse.
-    :param dry_run: read, transform and validate, but send and record nothing.
+    :param dry_run: read, transform and validate, but send and record nothing
+        (kept as ``dry_run_only``; ``dry_run()`` stays BaseOperator's method).
     :param use_ledger: keep the delivery ledger (turning it off loses every guarantee).
     :param ledger_conn_id: SQL connection of the ledger; defaults to ``conn_id``.
     :param ledger_table: the ledger table (``schema.table`` works); rejects go to
@@ -70,6 +73,10 @@ class ConversionsOperator(BaseSQLOperator):
     :param claim_timeout: seconds without heartbeat after which a claim counts as abandoned.
     :param claimed_elsewhere_wait: at the end of the run, seconds to wait for rows another
         live run is sending; still held after that, the task fails with a retriable error.
+    :param read_mode: how rows are read from ``conn_id``: ``"auto"`` (chosen per
+        connection type, see :data:`pagent_provider.hooks.sql_source.READ_PATHS`),
+        ``"sqlalchemy"`` (the hook's engine, streamed with a server-side cursor) or
+        ``"dbapi"`` (the hook's ``get_conn()``, read with ``fetchmany``).
     :return: the summary dict (XCom): ``rows``, ``valid``, ``invalid``, ``sent``,
         ``accepted``, ``batches``, ``duration_s``, ``dry_run``, ``already_sent``,
         ``unknown``, ``changed_after_send``, ``rejected`` and more.
@@ -107,6 +114,7 @@ class ConversionsOperator(BaseSQLOperator):
         unknown_outcome: UnknownOutcomePolicy = defaults.UNKNOWN_OUTCOME,  # type: ignore[assignment]
         claim_timeout: float = defaults.CLAIM_TIMEOUT_S,
         claimed_elsewhere_wait: float = defaults.CLAIMED_ELSEWHERE_WAIT_S,
+        read_mode: ReadMode = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(conn_id=conn_id, **kwargs)
@@ -125,7 +133,9 @@ class ConversionsOperator(BaseSQLOperator):
         self.batch_size = batch_size
         self.max_workers = max_workers
         self.chunksize = chunksize
-        self.dry_run = dry_run
+        # Not ``self.dry_run``: that would hide BaseOperator.dry_run(), which
+        # ``airflow tasks test --dry-run`` calls on Airflow 2.11.
+        self.dry_run_only = dry_run
         self.use_ledger = use_ledger
         self.ledger_conn_id = ledger_conn_id
         self.ledger_table = ledger_table
@@ -133,6 +143,8 @@ class ConversionsOperator(BaseSQLOperator):
         self.unknown_outcome = unknown_outcome
         self.claim_timeout = claim_timeout
         self.claimed_elsewhere_wait = claimed_elsewhere_wait
+        check_read_mode(read_mode)
+        self.read_mode = read_mode
         self._running_sync: ConversionSync | None = None
         # Catch bad settings when the DAG is parsed, not when the task runs.
         self._sync_options()
@@ -157,33 +169,37 @@ class ConversionsOperator(BaseSQLOperator):
             batch_size=self.batch_size,
             max_workers=self.max_workers,
             max_invalid_rows=self.max_invalid_rows,
-            dry_run=self.dry_run,
+            dry_run=self.dry_run_only,
             claimed_elsewhere_wait_s=self.claimed_elsewhere_wait,
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
-        source = self.get_db_hook().get_sqlalchemy_engine()
+        source = open_sql_source(self.get_db_hook(), self.read_mode)
+        self.log.info("reading %s through %s: %s", self.conn_id, source.mode, source.reason)
         ledger_engine = self._ledger_engine()
         pagent = PagentHook(self.pagent_conn_id, pool_size=self.max_workers)
         try:
             with pagent.get_conn() as client:
+                ledger = self._ledger(ledger_engine, context)
                 sync = ConversionSync(
-                    client,
-                    self._transform_config(),
-                    self._sync_options(),
-                    ledger=self._ledger(ledger_engine, context),
-                    logger=self.log,
+                    client, self._transform_config(), self._sync_options(), ledger=ledger, logger=self.log
                 )
                 self._running_sync = sync
-                # Airflow's supervisor sends SIGINT first: stop gracefully rather than
-                # let a KeyboardInterrupt land between pagent's answer and the ledger.
-                with stop_gracefully_on(sync.request_stop, (signal.SIGINT,)):
-                    summary = sync.run(read_sql_chunks(source, self.sql, self.parameters, chunksize=self.chunksize))
+                self.log.info("%s", describe_start(self, self.parameters, source.mode, client.base_url, ledger))
+                # Airflow 3's supervisor sends SIGINT, then SIGTERM; Airflow 2 sends SIGTERM
+                # and raises AirflowTaskTerminated right after on_kill(). Either way: stop
+                # gracefully rather than let an exception land between pagent's answer and
+                # the ledger (on_kill still serves Airflow's other callers, e.g. timeouts).
+                with (
+                    reporting(sync, ledger, context, self.parameters, self.log),
+                    stop_gracefully_on(sync.request_stop),
+                ):
+                    summary = sync.run(source.read_chunks(self.sql, self.parameters, chunksize=self.chunksize))
         except PagentFatalError as error:
             raise as_airflow_failure(error) from error
         finally:
             self._running_sync = None
-            source.dispose()
+            source.close()
             if ledger_engine is not None:
                 ledger_engine.dispose()
         report_output_asset(self)  # Airflow's hook-level lineage: the pagent Asset
@@ -210,7 +226,7 @@ class ConversionsOperator(BaseSQLOperator):
     def _ledger(self, engine: sa.Engine | None, context: Context) -> Ledger | None:
         if engine is None:
             return None
-        return Ledger(
+        ledger = Ledger(
             engine,
             namespace=self.ledger_namespace or self.pagent_conn_id,
             owner=_owner_from_context(context),
@@ -218,6 +234,16 @@ class ConversionsOperator(BaseSQLOperator):
             claim_timeout_s=self.claim_timeout,
             unknown_outcome=self.unknown_outcome,
         )
+        check_placement(ledger.database, self._executor_name())  # before the first claim
+        return ledger
+
+    def _executor_name(self) -> str | None:
+        """The executor this task runs on: its own ``executor``, else the first configured one."""
+        own = getattr(self, "executor", None)
+        if own:
+            return str(own)
+        configured = conf.get("core", "executor", fallback="") or ""
+        return configured.split(",")[0].strip() or None
 
     def get_openlineage_facets_on_start(self) -> OperatorLineage | None:
         return openlineage_facets_on_start(self)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pagent_provider.core.transform._converted import Converted
+from pagent_provider.core.transform._names import with_config_names
 from pagent_provider.core.transform._reasons import _add_reasons, _new_reasons
 from pagent_provider.core.transform.config import (
     EVENT_FIELDS,
@@ -85,8 +86,12 @@ def transform_chunk(
         no form for, hostile nesting) rejects its row instead.
 
     Raises:
-        PagentConfigError: when a needed column is missing.
+        PagentConfigError: when a needed column is missing, or a name matches
+            several columns ignoring case (an exact match always wins; one
+            match differing only in case, such as Snowflake's ``SESSION_ID``,
+            is used).
     """
+    df = with_config_names(df, config)
     check_columns(list(df.columns), config)
     size = len(df)
     now = _now_ms() if now_ms is None else int(now_ms)

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pagent_provider.core.events import has_lone_surrogate
+from pagent_provider.core.transform._names import case_matches
 from pagent_provider.core.transform.revenue import RevenueUnit, _check_revenue_unit
 from pagent_provider.core.transform.times import _zone
 from pagent_provider.exceptions import PagentConfigError
@@ -175,8 +176,10 @@ def check_columns(columns: Sequence[str], config: TransformConfig) -> None:
     Needed are the columns of session_id and user_id, of conversion_id unless
     it is a constant, of time when ``require_time``, of any field mapped
     explicitly in ``config.columns``, the key column and the properties
-    columns. Checking once per sync, before any row is read, turns a typo into
-    one clear error instead of a million rejected rows.
+    columns. A needed name not in the result as written matches a column
+    that differs only in case (``SESSION_ID`` for ``session_id``) when
+    exactly one does. Checking once per sync, before any row is read, turns a
+    typo into one clear error instead of a million rejected rows.
 
     Args:
         columns: the column names of the query result.
@@ -184,13 +187,16 @@ def check_columns(columns: Sequence[str], config: TransformConfig) -> None:
 
     Raises:
         PagentConfigError: naming each missing (or duplicated) column, what it
-            is needed for, and the columns that are available.
+            is needed for, and the columns that are available; or a needed
+            name that matches several columns ignoring case.
     """
     available = list(columns)
     needed = _needed_columns(config)
-    present = set(available)
+    # SESSION_ID (as Snowflake returns it) serves session_id when no other column could.
+    matches = case_matches(available, [column for column, _ in needed])
+    present = set(available) | set(matches)
     missing = [(column, purpose) for column, purpose in needed if column not in present]
-    duplicated = sorted({str(c) for c, _ in needed if available.count(c) > 1})
+    duplicated = sorted({str(c) for c, _ in needed if available.count(matches.get(c, c)) > 1})
     problems = []
     if missing:
         listed = "; ".join(f"{column!r} (for {purpose})" for column, purpose in missing)
