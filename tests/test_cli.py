@@ -468,3 +468,33 @@ def test_progress_line_on_a_terminal(
     assert on_terminal.endswith("\r\x1b[K")  # the line is wiped before the summary
     assert KEY not in on_terminal and KEY not in stdout
     assert table_value(stdout, "sent") == str(ROWS)
+
+
+def test_airflow_connection_ids_instead_of_urls(
+    pagent_emulator: IngestEmulator, warehouse: str, tmp_path: Path, no_airflow_path: Path
+) -> None:
+    database = sa.engine.make_url(warehouse).database
+    ledger_db = tmp_path / "ledger.db"
+    env = {
+        "AIRFLOW_CONN_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": database}),
+        "AIRFLOW_CONN_PAGENT_LEDGER": json.dumps({"conn_type": "sqlite", "host": str(ledger_db)}),
+    }
+    args = ["sync", "--base-url", pagent_emulator.url, "--conn-id", "warehouse", "--sql", QUERY, *MAPPING, "--json"]
+    # with Airflow importable: the very connections a DAG would use
+    done = subprocess.run(
+        [*CLI, *args, "--ledger-conn-id", "pagent_ledger"],
+        cwd=tmp_path,
+        env={**cli_env(tmp_path / "no-such-dir", KEY), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert parse_json(done.stdout)["sent"] == ROWS == len(pagent_emulator.events())
+    ledger = sa.create_engine(f"sqlite:///{ledger_db}")
+    assert pd.read_sql("SELECT count(*) AS n FROM pagent_ledger WHERE status = 'sent'", ledger).n[0] == ROWS
+    ledger.dispose()
+
+    # without Airflow, a connection id is a usage error that says what to give instead
+    refused = run_cli(args, cwd=tmp_path, no_airflow=no_airflow_path, env=env)
+    assert refused.returncode == 2 and "needs Airflow installed" in refused.stderr

@@ -291,11 +291,16 @@ def add_ledger_command(commands: argparse._SubParsersAction) -> None:  # type: i
 def add_source_options(parser: argparse.ArgumentParser) -> None:
     """Where the rows come from: the warehouse, the query, its parameters."""
     source = parser.add_argument_group("source")
-    source.add_argument(
+    where = source.add_mutually_exclusive_group(required=True)
+    where.add_argument(
         "--source-url",
-        required=True,
         metavar="URL",
         help="SQLAlchemy URL of the warehouse, e.g. postgresql+psycopg://user@host/db or sqlite:///shop.db",
+    )
+    where.add_argument(
+        "--conn-id",
+        metavar="ID",
+        help="an Airflow connection id instead (where Airflow is installed): the very connection a DAG uses",
     )
     source.add_argument(
         "--sql",
@@ -383,6 +388,11 @@ def add_ledger_location_options(parser: argparse.ArgumentParser) -> argparse._Ar
         "--ledger-url",
         metavar="URL",
         help="SQLAlchemy URL of the ledger's database (default: --source-url)",
+    )
+    ledger.add_argument(
+        "--ledger-conn-id",
+        metavar="ID",
+        help="an Airflow connection id of the ledger's database instead of --ledger-url (where Airflow is installed)",
     )
     ledger.add_argument(
         "--ledger-table",

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 
 from pagent_provider.cli.errors import EXIT_FAILED, EXIT_OK
 from pagent_provider.cli.output import render_json
-from pagent_provider.cli.sync_command import create_engine, database_error_text, read_query_arguments
+from pagent_provider.cli.sources import ledger_engine, open_source
+from pagent_provider.cli.sync_command import database_error_text, read_query_arguments
 from pagent_provider.core.ledger import Ledger
-from pagent_provider.core.reading import read_sql_chunks
 from pagent_provider.core.reconcile import reconcile
 
 
@@ -30,14 +30,10 @@ def run_reconcile(args: argparse.Namespace) -> int:
     """
     sql, parameters, transform = read_query_arguments(args)
     with contextlib.ExitStack() as cleanup:
-        source = create_engine(args.source_url, option="--source-url", must_exist=True)
-        cleanup.callback(source.dispose)
-        ledger_engine = (
-            create_engine(args.ledger_url, option="--ledger-url", must_exist=True) if args.ledger_url else source
-        )
-        cleanup.callback(ledger_engine.dispose)
-        ledger = Ledger(ledger_engine, namespace=args.ledger_namespace, table_name=args.ledger_table)
-        chunks = read_sql_chunks(source, sql, parameters or None, chunksize=args.chunksize)
+        source = open_source(args, cleanup)
+        engine = ledger_engine(args, cleanup)
+        ledger = Ledger(engine, namespace=args.ledger_namespace, table_name=args.ledger_table)
+        chunks = source.read_chunks(sql, parameters or None, chunksize=args.chunksize)
         try:
             report = reconcile(chunks, transform, ledger, examples=args.examples)
         except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as error:

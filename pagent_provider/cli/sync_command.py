@@ -27,13 +27,13 @@ from pagent_provider.cli.connection import build_retry_policy, read_api_key, res
 from pagent_provider.cli.errors import EXIT_INTERRUPTED, EXIT_OK, UsageError, exit_code_for, with_flag_names
 from pagent_provider.cli.output import render_json, render_table, summary_document
 from pagent_provider.cli.parser import PROG
+from pagent_provider.cli.sources import ledger_engine, open_source
 from pagent_provider.cli.terminal import ProgressLine, StatusLine, sync_progress_text
 from pagent_provider.core.client import PagentClient
 from pagent_provider.core.delivery import V1Sender
 from pagent_provider.core.ledger import Ledger
 from pagent_provider.core.metrics import metrics_of
 from pagent_provider.core.owner import ClaimOwner
-from pagent_provider.core.reading import read_sql_chunks
 from pagent_provider.core.run_history import RunHistory, RunStart, outcome_of
 from pagent_provider.core.stopping import stop_gracefully_on
 from pagent_provider.core.sync import ConversionSync, SyncOptions
@@ -63,8 +63,7 @@ def run_sync(args: argparse.Namespace, line: StatusLine) -> int:
     api_key = None if args.dry_run else read_api_key()
 
     with contextlib.ExitStack() as cleanup:
-        source = create_engine(args.source_url, option="--source-url", must_exist=True)
-        cleanup.callback(source.dispose)
+        source = open_source(args, cleanup)
         ledger = build_ledger(args, cleanup)
         if api_key is None:
             sender: V1Sender = DryRunSender()
@@ -73,7 +72,7 @@ def run_sync(args: argparse.Namespace, line: StatusLine) -> int:
                 PagentClient(api_key, base_url=base_url, policy=policy, pool_size=args.max_workers)
             )
         sync = ConversionSync(sender, transform, options, ledger=ledger)
-        chunks = RowCountingChunks(read_sql_chunks(source, sql, parameters or None, chunksize=args.chunksize))
+        chunks = RowCountingChunks(source.read_chunks(sql, parameters or None, chunksize=args.chunksize))
         # Registered last, so it runs first: a sync that stopped early leaves the
         # query's connection checked out, and dispose() only closes idle ones.
         cleanup.callback(chunks.close)
@@ -330,7 +329,7 @@ def build_sync_options(args: argparse.Namespace) -> SyncOptions:
 
 
 def build_ledger(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> Ledger | None:
-    """The delivery ledger in ``--ledger-url`` (default: the source database), or None with ``--no-ledger``.
+    """The delivery ledger in ``--ledger-url``/``--ledger-conn-id`` (default: the source database), or None with ``--no-ledger``.
 
     It gets its own engine, as the operator's does: the ledger writes while the
     query's connection is still streaming rows.
@@ -338,45 +337,14 @@ def build_ledger(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> Led
     if not args.use_ledger:
         log.warning("--no-ledger: nothing remembers what was sent; a re-run sends every row again")
         return None
-    if args.ledger_url:
-        engine = create_engine(args.ledger_url, option="--ledger-url", must_exist=False)
-    else:
-        engine = create_engine(args.source_url, option="--source-url", must_exist=True)
-    cleanup.callback(engine.dispose)
     return Ledger(
-        engine,
+        ledger_engine(args, cleanup),
         namespace=args.ledger_namespace,
         owner=ClaimOwner(),
         table_name=args.ledger_table,
         claim_timeout_s=args.claim_timeout,
         unknown_outcome=args.unknown_outcome,
     )
-
-
-def create_engine(url: str, *, option: str, must_exist: bool) -> sa.Engine:
-    """A SQLAlchemy engine for ``url`` (not yet connected).
-
-    Messages never quote the URL, which may hold a password.
-
-    Raises:
-        UsageError: not a URL, an unknown dialect, a driver that is not
-            installed, or (``must_exist``) a SQLite file that is not there:
-            SQLite would silently create an empty database instead.
-    """
-    try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
-        raise UsageError(f"{option} is not a SQLAlchemy URL (dialect+driver://user:password@host/database)") from None
-    if must_exist and parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database and database != ":memory:" and not database.startswith("file:") and not Path(database).exists():
-            raise UsageError(f"{option}: no SQLite database at {database}")
-    try:
-        return sa.create_engine(parsed)
-    except sa.exc.NoSuchModuleError as error:
-        raise UsageError(f"{option}: unknown database dialect ({error})") from None
-    except ImportError as error:
-        raise UsageError(f"{option}: the database driver is not installed ({error})") from None
 
 
 class DryRunSender:
