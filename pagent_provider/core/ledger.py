@@ -202,10 +202,15 @@ def storable(text: str, limit: int) -> str:
 
 
 def build_tables(
-    table_name: str, key: Callable[[int], sa.types.TypeEngine[str]]
+    table_name: str, key: Callable[[int], sa.types.TypeEngine[str]], *, ids_from_sequence: bool = False
 ) -> tuple[sa.MetaData, sa.Table, sa.Table]:
-    """The ledger and rejects tables; ``key`` is the dialect's type of a byte-exact key column."""
+    """The ledger and rejects tables; ``key`` is the dialect's type of a byte-exact key column.
+
+    ``ids_from_sequence``: the rejects' ids come from an explicit sequence
+    (DuckDB has neither SERIAL nor AUTO_INCREMENT).
+    """
     schema, name = _table_parts(table_name)
+    id_default = (sa.Sequence(f"{name}_rejects_id_seq", schema=schema),) if ids_from_sequence else ()
     metadata = sa.MetaData(schema=schema)
     ledger = sa.Table(
         name,
@@ -230,7 +235,9 @@ def build_tables(
     rejects = sa.Table(
         f"{name}_rejects",
         metadata,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), *id_default, primary_key=True, autoincrement=True
+        ),
         sa.Column("namespace", sa.String(128), nullable=False),
         sa.Column("run_token", sa.String(32), nullable=False),
         sa.Column("source", sa.String(16), nullable=False),
@@ -294,7 +301,9 @@ class Ledger:
         self.table_name = table_name
         self.claim_timeout_ms = int(claim_timeout_s * 1000)
         self.unknown_outcome: UnknownOutcomePolicy = unknown_outcome
-        self.metadata, self.table, self.rejects_table = build_tables(table_name, self.database.key_type)
+        self.metadata, self.table, self.rejects_table = build_tables(
+            table_name, self.database.key_type, ids_from_sequence=self.database.ids_from_sequence
+        )
         self._retry = LedgerRetry(budget_s=write_retry_s, permanent=self.database.permanent, table=table_name)
         # One statement, compiled once and run with a list of rows (executemany):
         # building a new multi-row VALUES per batch costs more than the database work.

@@ -67,6 +67,7 @@ class LedgerDialect:
             that retrying cannot cure (a missing table, a syntax error).
         one_machine: the database is a local file: workers on other machines
             would each keep their own ledger and lose every guarantee.
+        ids_from_sequence: the rejects table's ids come from an explicit sequence.
     """
 
     label: str
@@ -79,6 +80,7 @@ class LedgerDialect:
     before_create: Callable[[sa.Engine], None] | None = None
     check_key_columns: Callable[[sa.Connection, KeyColumns], None] | None = None
     one_machine: bool = False
+    ids_from_sequence: bool = False
 
 
 # --------------------------------------------------------------------------- MySQL and MariaDB
@@ -357,6 +359,45 @@ SQLITE = LedgerDialect(
 )
 
 
+# --------------------------------------------------------------------------- DuckDB
+
+
+def _duckdb_permanent(error: sa.exc.DBAPIError) -> bool:
+    # Another process holds the file: DuckDB allows one writing process at a time,
+    # and retrying for a minute would only delay the same answer.
+    return "lock" in str(error.orig).lower()
+
+
+def _refuse_a_locked_file(engine: sa.Engine) -> None:
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.DBAPIError as error:
+        if _duckdb_permanent(error):
+            raise PagentLedgerError(
+                "the DuckDB ledger file is open in another process: DuckDB allows one process at a time, so "
+                "syncs sharing this ledger must not overlap (run them one after another, e.g. with an Airflow "
+                "pool of one slot), or keep the ledger in PostgreSQL or MySQL/MariaDB"
+            ) from None
+        raise
+
+
+DUCKDB = LedgerDialect(
+    label="DuckDB",
+    # duckdb_engine speaks PostgreSQL's dialect: ON CONFLICT DO NOTHING RETURNING
+    claim_insert=lambda table: (
+        postgresql_insert(table).on_conflict_do_nothing().returning(table.c.event_key, table.c.claim_id)
+    ),
+    insert_returns_rows=True,
+    # VARCHAR compares bytes in DuckDB unless a collation is asked for
+    key_type=sa.String,
+    permanent=_duckdb_permanent,
+    before_create=_refuse_a_locked_file,
+    one_machine=True,
+    ids_from_sequence=True,
+)
+
+
 # --------------------------------------------------------------------------- the table
 
 DIALECTS: dict[str, LedgerDialect] = {
@@ -364,6 +405,7 @@ DIALECTS: dict[str, LedgerDialect] = {
     "postgresql": POSTGRESQL,
     "mysql": MYSQL,
     "mariadb": MYSQL,  # SQLAlchemy's name for mariadb:// URLs; mysql:// ones on MariaDB stay "mysql"
+    "duckdb": DUCKDB,  # one process at a time (the file is locked); duckdb_engine
 }
 
 #: Databases known to accept a primary key without enforcing it: two runs
@@ -374,9 +416,6 @@ WITHOUT_PRIMARY_KEYS = {
     "redshift": "Amazon Redshift",
     "databricks": "Databricks",
 }
-# DuckDB (duckdb_engine, dialect "duckdb") does enforce primary keys and has
-# ON CONFLICT DO NOTHING, but it is not installed here, so nothing about it has
-# been measured: it stays refused, like every dialect not in DIALECTS.
 
 
 #: Executors that run every task on the scheduler's machine: a one-machine ledger is safe under them.
