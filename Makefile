@@ -5,11 +5,13 @@
 #   make test-matrix  -- the hook, operator, ledger and DAG tests on Airflow 2.11, 3.0,
 #                        3.1 (venvs in .venvs/) and the latest 3.x (.venv); results in
 #                        test-artifacts/matrix/ (MATRIX_LINES="2.11 3.0" for some lines)
+# And the documentation:
+#   make docs         -- the Sphinx site from docs/ into test-artifacts/docs/, warnings as errors
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-matrix lint benchmark check-wheel clean
+.PHONY: demo test test-matrix lint benchmark check-wheel docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,10 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed-demo
 
+$(VENV)/.installed-docs: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
+
 demo: $(VENV)/.installed-demo
 	$(PY) scripts/demo.py
 
@@ -34,13 +40,16 @@ test-matrix: $(VENV)/.installed-test
 	PYTHON=$(PYTHON) VENV=$(VENV) scripts/test-matrix.sh $(MATRIX_LINES)
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check pagent_provider tests dags scripts benchmarks
+	$(VENV)/bin/ruff check pagent_provider tests dags scripts benchmarks docs
 
 benchmark: $(VENV)/.installed-test
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 check-wheel:
 	scripts/check-wheel.sh
+
+docs: $(VENV)/.installed-docs
+	$(VENV)/bin/sphinx-build -E -W --keep-going -b html docs test-artifacts/docs
 
 clean:
 	rm -rf $(VENV) .venvs .pytest_cache build dist *.egg-info test-artifacts

@@ -6,6 +6,15 @@ from typing import Any
 
 from pagent_provider import __version__
 
+_ASSET_URIS = [
+    {
+        "schemes": ["pagent"],
+        "handler": "pagent_provider.assets.pagent.sanitize_uri",
+        "factory": "pagent_provider.assets.pagent.create_asset",
+        "to_openlineage_converter": "pagent_provider.assets.pagent.convert_asset_to_openlineage",
+    }
+]
+
 
 def get_provider_info() -> dict[str, Any]:
     """Describe the provider, its hook, connection type and connection form to Airflow.
@@ -26,6 +35,9 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [{"integration-name": "pagent", "python-modules": ["pagent_provider.hooks.pagent"]}],
+        # Airflow 3 reads "asset-uris", Airflow 2.11 "dataset-uris" (as the official providers declare both)
+        "asset-uris": _ASSET_URIS,
+        "dataset-uris": _ASSET_URIS,
         "operators": [{"integration-name": "pagent", "python-modules": ["pagent_provider.operators.conversions"]}],
         "connection-types": [
             {
@@ -42,6 +54,28 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Max retries",
                         "description": "Retries after 429, 5xx and connection failures.",
                         "schema": {"type": ["integer", "null"], "default": 5},
+                    },
+                    # The HTTP extras of Airflow's HttpHook (read by PagentHook.get_conn)
+                    "proxies": {
+                        "label": "Proxies",
+                        "description": 'Proxy per scheme, as JSON: {"https": "http://user:password@proxy:3128"}. '
+                        "Empty: the environment's (HTTPS_PROXY) when Trust environment is on.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "verify": {
+                        "label": "Verify TLS",
+                        "description": "true (default), false, or the path of a CA bundle on the workers.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "cert": {
+                        "label": "Client certificate",
+                        "description": 'Path of a PEM file with certificate and key, or ["cert.pem", "key.pem"].',
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "trust_env": {
+                        "label": "Trust environment",
+                        "description": "Use the environment's proxies and CA bundle (~/.netrc is never read).",
+                        "schema": {"type": ["boolean", "null"], "default": True},
                     },
                 },
                 "ui-field-behaviour": {

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Build the sdist and the wheel, install the wheel into a fresh virtual
-# environment, and check that Airflow lists the provider with its version.
+# Build the sdist and the wheel, check what they contain (LICENSE, NOTICE, py.typed,
+# and in the sdist what its tests need) and that `twine check` accepts them as PyPI
+# would, install the wheel into a fresh virtual environment, and check that Airflow
+# lists the provider with its version.
 #
 # Everything happens in a temporary directory (removed afterwards) except the
 # built files, which are copied to dist/. The build tool lives in its own
-# throw-away venv, so `build` need not be a project dependency.
+# throw-away venv (with twine), so neither need be a project dependency.
 #
 #   scripts/check-wheel.sh            # PYTHON=python3.12 scripts/check-wheel.sh
 set -euo pipefail
@@ -34,8 +36,8 @@ step "$NAME $VERSION"
 
 step "building sdist and wheel (python -m build, in a throw-away venv)"
 "$PYTHON" -m venv "$WORK/build-venv"
-"$WORK/build-venv/bin/python" -m pip install -q --disable-pip-version-check --no-compile build >"$WORK/build.log" 2>&1 \
-    || { tail -n 40 "$WORK/build.log" >&2; die "pip install build"; }
+"$WORK/build-venv/bin/python" -m pip install -q --disable-pip-version-check --no-compile build twine >"$WORK/build.log" 2>&1 \
+    || { tail -n 40 "$WORK/build.log" >&2; die "pip install build twine"; }
 # The wheel is built from the sdist, so a file missing from the sdist shows up here.
 "$WORK/build-venv/bin/python" -m build --outdir "$WORK/dist" "$ROOT" >"$WORK/build.log" 2>&1 \
     || { tail -n 40 "$WORK/build.log" >&2; die "python -m build"; }
@@ -52,9 +54,19 @@ entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"
 text = zipfile.ZipFile(sys.argv[1]).read(entry_points).decode()
 problems = []
 for needed in ("pagent_provider/get_provider_info.py", "pagent_provider/hooks/pagent.py",
-               "pagent_provider/testing/emulator.py"):
+               "pagent_provider/testing/emulator.py", "pagent_provider/assets/pagent.py",
+               "pagent_provider/py.typed"):
     if needed not in names:
         problems.append(f"missing {needed}")
+# PEP 639: license files live in <name>.dist-info/licenses/
+for license_file in ("LICENSE", "NOTICE"):
+    if not any(n.endswith(f".dist-info/licenses/{license_file}") for n in names):
+        problems.append(f"missing .dist-info/licenses/{license_file}")
+metadata = zipfile.ZipFile(sys.argv[1]).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+for field in ("License-Expression: Apache-2.0", "License-File: LICENSE", "License-File: NOTICE",
+              "Project-URL: Documentation, ", "Classifier: Typing :: Typed"):
+    if field not in metadata:
+        problems.append(f"METADATA lacks {field!r}")
 if "[apache_airflow_provider]" not in text or "pagent_provider.get_provider_info:get_provider_info" not in text:
     problems.append("no apache_airflow_provider entry point")
 stray = sorted({n.split("/")[0] for n in names} - {"pagent_provider"} - {n.split("/")[0] for n in names if ".dist-info/" in n})
@@ -64,6 +76,31 @@ for p in problems:
     print("  " + p, file=sys.stderr)
 sys.exit(1 if problems else 0)
 EOF
+
+step "checking the sdist's contents (what its tests, the demo and the docs need)"
+"$PYTHON" - "$SDIST" "$DIST_NAME-$VERSION" <<'EOF' || die "sdist contents"
+import sys, tarfile
+root = sys.argv[2]
+names = {name.removeprefix(root + "/") for name in tarfile.open(sys.argv[1]).getnames()}
+problems = []
+for needed in ("LICENSE", "NOTICE", "README.md", "CHANGELOG.md", "Makefile", "pyproject.toml",
+               "pagent_provider/py.typed", "tests/conftest.py", "scripts/check-wheel.sh", "docs/conf.py"):
+    if needed not in names:
+        problems.append(f"missing {needed}")
+for folder in ("tests/workers/", "tests/dags/", "dags/", "dags/sql/", "scripts/", "benchmarks/"):
+    if not any(name.startswith(folder) and name.endswith((".py", ".sql", ".sh")) for name in names):
+        problems.append(f"missing {folder}")
+stray = sorted(n for n in names if "__pycache__" in n or n.endswith(".pyc") or n.startswith(("benchmarks/results", ".venv")))
+if stray:
+    problems.append(f"unexpected files: {stray[:5]}")
+for p in problems:
+    print("  " + p, file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+
+step "twine check --strict (the sdist and the wheel, as PyPI reads them)"
+"$WORK/build-venv/bin/python" -m twine check --strict "$WORK"/dist/* \
+    || die "twine check"
 
 step "installing the wheel into a fresh venv"
 "$PYTHON" -m venv "$WORK/venv"
@@ -92,6 +129,13 @@ import sys
 from pagent_provider.get_provider_info import get_provider_info
 versions = get_provider_info()['versions']
 sys.exit(0 if versions[0] == '$VERSION' else f'get_provider_info() versions {versions} != pyproject version $VERSION')" \
+        || exit 1
+    # Airflow's providers page links the documentation from the Project-URL "Documentation"
+    "$WORK/venv/bin/python" -c "
+import sys
+from airflow.providers_manager import ProvidersManager
+url = ProvidersManager().providers['$NAME'].data.get('documentation-url')
+sys.exit(0 if url else 'the provider info has no documentation-url (Project-URL: Documentation)')" \
         || exit 1
     "$WORK/venv/bin/airflow" providers list --output json >"$WORK/providers.json" 2>"$WORK/providers.err" \
         || { cat "$WORK/providers.err" >&2; exit 1; }

@@ -79,7 +79,7 @@ def test_the_legacy_connection_form_on_airflow_before_3_2() -> None:
     from pagent_provider.hooks.pagent import PagentHook
 
     widgets = PagentHook.get_connection_form_widgets()
-    assert set(widgets) == {"timeout", "max_retries"}
+    assert set(widgets) == {"timeout", "max_retries", "proxies", "verify", "cert", "trust_env"}
     assert widgets["timeout"].field_class is StringField  # fractional seconds: no FloatField in Airflow's forms
     assert widgets["max_retries"].field_class is IntegerField
     assert widgets["max_retries"].kwargs["default"] == 5

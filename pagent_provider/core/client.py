@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from pagent_provider.core.events import validate_v1_events, validate_v2_event, validate_v2_events
 from pagent_provider.core.redaction import MIN_SECRET_LENGTH, Redactor
-from pagent_provider.core.transport import MaskedHeaders, RetryPolicy, Transport, build_session
+from pagent_provider.core.transport import HttpOptions, MaskedHeaders, RetryPolicy, Transport, build_session
 from pagent_provider.exceptions import (
     PagentAuthError,
     PagentConfigError,
@@ -87,6 +87,9 @@ class PagentClient:
         base_url: scheme, host and optional port of the ingest API.
         policy: retries and timeouts.
         pool_size: connections kept alive; at least the number of concurrent senders.
+        http: proxies, TLS verification, client certificate, ``trust_env``
+            (default: no proxy but the environment's, certificates verified).
+            Proxy credentials are redacted like the key.
 
     Example:
         >>> with PagentClient("key", base_url="http://127.0.0.1:8080") as client:  # doctest: +SKIP
@@ -101,11 +104,13 @@ class PagentClient:
         base_url: str = DEFAULT_BASE_URL,
         policy: RetryPolicy | None = None,
         pool_size: int = 8,
+        http: HttpOptions | None = None,
     ) -> None:
         self._key = api_key if isinstance(api_key, ApiKey) else ApiKey(api_key)
         self.base_url = normalize_base_url(base_url)
         self.policy = policy or RetryPolicy()
-        self._session = build_session(pool_size)
+        self.http = http or HttpOptions()
+        self._session = build_session(pool_size, self.http)
         self._headers = MaskedHeaders(
             {
                 "Authorization": f"Bearer {self._key.reveal()}",
@@ -113,7 +118,7 @@ class PagentClient:
                 "User-Agent": "airflow-provider-pagent",
             }
         )
-        self.redact = Redactor([self._key.reveal()])
+        self.redact = Redactor([self._key.reveal(), *self.http.secrets()])
         self.transport = Transport(self._session, self._headers, self.policy, redact=self.redact)
 
     def __repr__(self) -> str:

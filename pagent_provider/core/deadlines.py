@@ -100,10 +100,21 @@ class _DeadlineHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = DeadlineHTTPSConnection
 
 
+_DEADLINE_POOLS = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
 class _DeadlineAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = dict(_DEADLINE_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # Requests through an HTTP(S) proxy use a pool manager of their own: the same
+        # connections, so the deadline holds there too (SOCKS managers keep their own pools).
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = dict(_DEADLINE_POOLS)
+        return manager
 
 
 def deadline_adapter(pool_size: int) -> HTTPAdapter:

@@ -23,18 +23,25 @@ carries:
   after sending, deadline passed) is never retried silently: it raises
   :class:`~pagent_provider.exceptions.PagentUnknownOutcomeError`;
 * every text that comes back (bodies, headers, library errors) is redacted of
-  the API key (:mod:`~pagent_provider.core.redaction`) before it goes anywhere.
+  the API key (:mod:`~pagent_provider.core.redaction`) before it goes anywhere;
+* proxies, TLS verification, a client certificate and whether to read the
+  environment are :class:`HttpOptions`, the settings Airflow's ``HttpHook``
+  users know; ``~/.netrc`` is never read.
 """
 
 from __future__ import annotations
 
 import email.utils
+import importlib.util
 import json
 import logging
+import os
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import requests
 import requests.auth
@@ -112,6 +119,100 @@ class RetryPolicy:
         return self.deadline_s if self.deadline_s is not None else self.connect_timeout_s + self.read_timeout_s
 
 
+#: Proxy URL schemes requests can use (the socks ones need PySocks: ``pip install requests[socks]``).
+PROXY_SCHEMES = frozenset({"http", "https", "socks4", "socks4a", "socks5", "socks5h"})
+
+
+@dataclass(frozen=True, repr=False)
+class HttpOptions:
+    """How requests travel to pagent, named as ``requests`` and Airflow's ``HttpHook`` name them.
+
+    Attributes:
+        proxies: proxy URL per scheme, ``scheme://host`` or ``all`` (requests' ``proxies``),
+            e.g. ``{"https": "http://user:password@proxy:3128"}``; empty: no proxy
+            but the environment's (when ``trust_env``). Their credentials are secrets:
+            :meth:`secrets` lists them for redaction and the repr hides them.
+        verify: verify TLS certificates (``True``), do not (``False``), or the path
+            of a CA bundle file or directory to verify them with.
+        cert: client certificate: the path of a PEM file holding the certificate
+            and its key, or ``(certificate path, key path)``.
+        trust_env: take proxies (``HTTPS_PROXY``, ``NO_PROXY``...) and CA bundles
+            (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) from the environment.
+            Explicit ``proxies`` and ``verify`` win over the environment's.
+            ``~/.netrc`` is never read, whatever this says.
+
+    Raises:
+        PagentConfigError: a setting of the wrong type, a proxy URL without an
+            ``http(s)://`` or ``socks*://`` scheme and host, a missing file. The
+            message starts with the setting's name and never repeats credentials.
+    """
+
+    proxies: Mapping[str, str] = field(default_factory=dict)
+    verify: bool | str = True
+    cert: str | tuple[str, str] | None = None
+    trust_env: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.proxies, Mapping):
+            raise PagentConfigError(
+                f"'proxies' must be an object of scheme to proxy URL, got {type(self.proxies).__name__}"
+            )
+        object.__setattr__(self, "proxies", {key: _checked_proxy(key, url) for key, url in self.proxies.items()})
+        if not isinstance(self.verify, bool | str) or self.verify == "":
+            raise PagentConfigError("'verify' must be true, false or the path of a CA bundle")
+        if isinstance(self.verify, str) and not os.path.exists(self.verify):
+            raise PagentConfigError(f"'verify': no CA bundle file or directory at {self.verify!r}")
+        cert = self.cert
+        if isinstance(cert, list | tuple):
+            if len(cert) != 2 or not all(isinstance(path, str) and path for path in cert):
+                raise PagentConfigError("'cert' must be a path, or [certificate path, key path]")
+            cert = (cert[0], cert[1])
+            object.__setattr__(self, "cert", cert)
+        elif cert is not None and (not isinstance(cert, str) or not cert):
+            raise PagentConfigError("'cert' must be a path, or [certificate path, key path]")
+        for path in (cert,) if isinstance(cert, str) else cert or ():
+            if not os.path.isfile(path):
+                raise PagentConfigError(f"'cert': no file at {path!r}")
+        if not isinstance(self.trust_env, bool):
+            raise PagentConfigError(f"'trust_env' must be true or false, got {self.trust_env!r}")
+
+    def __repr__(self) -> str:
+        proxies = {key: without_credentials(url) for key, url in self.proxies.items()}
+        return f"HttpOptions(proxies={proxies!r}, verify={self.verify!r}, cert={self.cert!r}, trust_env={self.trust_env!r})"
+
+    def secrets(self) -> list[str]:
+        """The proxies' passwords and ``user:password`` pairs (as sent in ``Proxy-Authorization``), to redact."""
+        found: list[str] = []
+        for url in self.proxies.values():
+            parts = urlsplit(url)
+            if parts.password:
+                found += [parts.password, unquote(parts.password)]
+                found += [f"{unquote(parts.username or '')}:{unquote(parts.password)}"]
+        return found
+
+
+def _checked_proxy(key: object, url: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise PagentConfigError("'proxies' keys must be schemes such as 'http' and 'https' (or 'scheme://host', 'all')")
+    if not isinstance(url, str):
+        raise PagentConfigError(f"'proxies' [{key!r}] must be a proxy URL, got {type(url).__name__}")
+    if key == "no_proxy":  # requests reads it as a comma-separated host list
+        return url
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise PagentConfigError(f"'proxies' [{key!r}] is not a valid URL (check its host and port)") from None
+    if parts.scheme.lower() not in PROXY_SCHEMES or not parts.hostname:
+        raise PagentConfigError(
+            f"'proxies' [{key!r}] must be a URL such as http://proxy:3128 (schemes: {', '.join(sorted(PROXY_SCHEMES))}), "
+            f"got {without_credentials(url)!r}"
+        )
+    if parts.scheme.lower().startswith("socks") and importlib.util.find_spec("socks") is None:
+        raise PagentConfigError(f"'proxies' [{key!r}]: SOCKS proxies need PySocks (pip install 'requests[socks]')")
+    return url.strip()
+
+
 class RateLimitGate:
     """A pause shared by every thread sending through one client.
 
@@ -183,14 +284,35 @@ class _KeepBearerHeader(requests.auth.AuthBase):
         return request
 
 
-def build_session(pool_size: int) -> requests.Session:
-    """A session whose pool keeps ``pool_size`` connections alive and never retries by itself."""
+def build_session(pool_size: int, options: HttpOptions | None = None) -> requests.Session:
+    """A session whose pool keeps ``pool_size`` connections alive and never retries by itself.
+
+    ``options`` (default: :class:`HttpOptions`'s defaults) sets its proxies, TLS
+    verification, client certificate and ``trust_env``; :class:`Transport` passes
+    them with every request, so that the environment cannot override them.
+    """
+    options = options or HttpOptions()
     session = requests.Session()
     session.auth = _KeepBearerHeader()
+    session.trust_env = options.trust_env
+    session.proxies = dict(options.proxies)
+    session.verify = options.verify
+    session.cert = options.cert
     adapter = deadline_adapter(pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
+
+
+def _session_settings(session: requests.Session) -> dict[str, Any]:
+    """The session's proxies, verify and cert, passed per request.
+
+    requests lets the environment override the *session's* values (an
+    ``HTTPS_PROXY`` over ``session.proxies``, ``REQUESTS_CA_BUNDLE`` over
+    ``session.verify=False``) but not a request's. A copy of the proxies: requests
+    adds the environment's to the dict it is given.
+    """
+    return {"proxies": dict(session.proxies), "verify": session.verify, "cert": session.cert}
 
 
 def _never_sent(error: requests.ConnectionError) -> bool:
@@ -200,6 +322,9 @@ def _never_sent(error: requests.ConnectionError) -> bool:
     reason = error.args[0] if error.args else None
     if isinstance(reason, urllib3.exceptions.MaxRetryError):
         reason = reason.reason
+    if isinstance(reason, urllib3.exceptions.ProxyError):
+        # urllib3 wraps only a failure to reach the proxy itself (before anything was sent)
+        reason = reason.original_error
     return isinstance(reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError)
 
 
@@ -398,7 +523,14 @@ class Transport:
         redact = self.redact
         with self.watchdog.watch(self.policy.attempt_deadline_s) as deadline:
             try:
-                return self._session.post(url, data=body, headers=self._headers, timeout=timeout, allow_redirects=False)
+                return self._session.post(
+                    url,
+                    data=body,
+                    headers=self._headers,
+                    timeout=timeout,
+                    allow_redirects=False,
+                    **_session_settings(self._session),
+                )
             except requests.ConnectionError as error:
                 if _never_sent(error):
                     raise _RetryLater(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
@@ -15,7 +17,7 @@ from airflow.providers.common.compat.sdk import AirflowFailException, BaseHook, 
 
 from pagent_provider.core import defaults
 from pagent_provider.core.client import DEFAULT_BASE_URL, PagentClient
-from pagent_provider.core.transport import RetryPolicy
+from pagent_provider.core.transport import HttpOptions, RetryPolicy
 from pagent_provider.exceptions import PagentConfigError, PagentFatalError
 from pagent_provider.get_provider_info import get_provider_info
 
@@ -83,12 +85,64 @@ def _extra_field(extra: Mapping[str, Any], name: str, default: float) -> Any:
     return default
 
 
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def _as_bool(value: Any, name: str) -> bool | str:
+    """``True``/``False`` from a bool or its text (forms store text); other text is returned as it is."""
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, bool | str):
+        return value
+    raise PagentConfigError(f"'{name}' must be true or false, got {type(value).__name__}")
+
+
+def _json_text(value: Any, name: str, expected: str) -> Any:
+    """``value`` itself, or parsed when it is JSON text (a form's field, ``AIRFLOW_CONN_*`` URIs)."""
+    if not isinstance(value, str) or not value.strip().startswith(("{", "[")):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise PagentConfigError(f"'{name}' is not valid JSON; write it as {expected}") from None
+
+
+def http_options_from_extras(extra: Mapping[str, Any]) -> HttpOptions:
+    """The ``proxies``, ``verify``, ``cert`` and ``trust_env`` extras, as ``HttpHook`` users write them.
+
+    ``proxies`` is an object (or its JSON text) of scheme to proxy URL; ``verify`` true,
+    false or a CA bundle path; ``cert`` a path or ``[certificate, key]`` (or its JSON
+    text); ``trust_env`` true or false (default true: the environment's proxies and CA
+    bundle apply, ``~/.netrc`` never does). Text ``"true"``/``"false"`` counts as a bool.
+
+    Raises:
+        PagentConfigError: a value of the wrong form; the message names the extra and
+            never repeats proxy credentials.
+    """
+    proxies = _json_text(_extra_field(extra, "proxies", {}), "proxies", '{"https": "http://proxy:3128"}')
+    verify = _as_bool(_extra_field(extra, "verify", True), "verify")
+    if isinstance(verify, str):
+        verify = os.path.expanduser(verify.strip())
+    cert = _json_text(_extra_field(extra, "cert", None), "cert", '["client.crt", "client.key"]')
+    if isinstance(cert, str):
+        cert = os.path.expanduser(cert.strip())
+    elif isinstance(cert, list | tuple):
+        cert = tuple(os.path.expanduser(path) if isinstance(path, str) else path for path in cert)
+    trust_env = _as_bool(_extra_field(extra, "trust_env", True), "trust_env")
+    if isinstance(trust_env, str):
+        raise PagentConfigError(f"'trust_env' must be true or false, got {trust_env!r}")
+    return HttpOptions(proxies=proxies, verify=verify, cert=cert, trust_env=trust_env)
+
+
 class PagentHook(BaseHook):
     """Interact with pagent's server-side conversions API.
 
     The connection's password is the API key; its host is the base URL (empty:
     ``https://ingest.pagent.ai``). Optional extras: ``timeout`` (read timeout in
-    seconds, default 30) and ``max_retries`` (default 5).
+    seconds, default 30) and ``max_retries`` (default 5), and the HTTP extras of
+    Airflow's ``HttpHook``: ``proxies``, ``verify``, ``cert`` and ``trust_env``
+    (see :func:`http_options_from_extras`).
 
     Fatal errors (400, 401, bad configuration) are raised as their pagent type
     *and* as Airflow's ``AirflowFailException`` (of the running version), so a task
@@ -181,11 +235,18 @@ class PagentHook(BaseHook):
             raise PagentConfigError(
                 f"connection {self.pagent_conn_id!r}: extras timeout and max_retries must be numbers ({error})"
             ) from error
+        try:
+            http = http_options_from_extras(extra)
+        except PagentConfigError as error:
+            raise PagentConfigError(f"connection {self.pagent_conn_id!r}: extra {error}") from None
+        for secret in http.secrets():
+            mask_secret(secret)  # proxy credentials, like the key: never in a log line
         return PagentClient(
             conn.password or "",
             base_url=base_url_from_connection(conn.host, conn.port, conn.schema),
             policy=policy,
             pool_size=self.pool_size,
+            http=http,
         )
 
     @fail_fast_on_fatal

@@ -1,0 +1,1 @@
+"""Airflow asset (dataset) URIs of the ``pagent://`` scheme."""
