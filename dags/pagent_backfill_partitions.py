@@ -11,7 +11,11 @@ executor (Celery, Kubernetes, Local) runs in parallel, up to
 ``max_active_tis_per_dag``. Every task shares the ledger namespace of the daily
 DAG (the pagent connection id), so windows that overlap each other, or days the
 daily DAG has already synced, are never sent twice: the ledger claims each
-order before sending it.
+order before sending it. Each mapped task is labelled in the UI with its
+window (``map_index_template``), e.g. ``2026-01-08 00:00:00 to 2026-01-15 00:00:00``.
+
+A paused DAG does not run what you trigger or backfill: unpause it first
+(``airflow dags unpause pagent_backfill_partitions``).
 """
 
 from __future__ import annotations
@@ -70,4 +74,6 @@ with DAG(
         properties_columns=["channel", "coupon"],
         retries=3,
         retry_delay=timedelta(minutes=2),
+        # The UI labels each mapped task with its window, so a failed partition says which days it covered.
+        map_index_template="{{ task.parameters['start'] }} to {{ task.parameters['end'] }}",
     ).expand(parameters=partitions())

@@ -17,6 +17,14 @@ below (``data_interval_start``/``data_interval_end``) are right for all of
 them; do not use ``{{ ds }}`` here, which is the logical date and differs
 between manual and scheduled runs.
 
+Each run also looks back three days (``lookback=timedelta(days=3)``): it
+selects ``[data_interval_start - 3 days, data_interval_end)``, moving the
+``start`` parameter back after rendering. Rows that arrived late, and rows that
+were invalid or refused and have been fixed since, go out with the next run;
+the ledger skips what was sent (``already_sent`` in the summary). Keep the
+ledger's retention horizon (``pagent-conversions ledger prune --older-than``)
+longer than the lookback.
+
 Connections (Airflow UI, or ``AIRFLOW_CONN_*`` environment variables):
 ``warehouse`` (any SQL connection) and ``pagent_default`` (type ``pagent``).
 """
@@ -65,4 +73,5 @@ with DAG(
         revenue_unit="dollars",
         timezone="UTC",
         max_invalid_rows=0,
+        lookback=timedelta(days=3),  # moves the "start" parameter back: late and fixed rows go out next run
     )

@@ -91,15 +91,19 @@ def test_daily_dag_delivers_each_day_exactly_once(dag, purchases, warehouse_url,
         assert len(pagent_emulator.events()) - before == len(expected) > 100
         assert received == expected
         summary = run.result
-        assert summary["rows"] == summary["valid"] == summary["sent"] == summary["accepted"] == len(expected)
+        # lookback=3 days: the days already synced are read again and skipped
+        earlier = sum(len(expected_events(purchases, DAY_1 + timedelta(days=k))) for k in range(n))
+        assert summary["sent"] == summary["accepted"] == len(expected)
+        assert summary["rows"] == summary["valid"] == len(expected) + earlier
+        assert summary["already_sent"] == earlier
         assert summary["batches"] == -(-len(expected) // 100)
-        assert summary["invalid"] == summary["already_sent"] == summary["unknown"] == 0
+        assert summary["invalid"] == summary["unknown"] == 0
         assert summary["dry_run"] is False and summary["duration_s"] > 0
 
     again = run_dag(dag, DAY_1 + timedelta(days=1), task_id="sync_purchases")
     assert again.state == "success"
     assert again.result["sent"] == 0
-    assert again.result["already_sent"] == len(expected_events(purchases, DAY_1))
+    assert again.result["already_sent"] == len(expected_events(purchases, DAY_1))  # nothing before DAY_1
     assert len(pagent_emulator.events()) == sum(
         len(expected_events(purchases, DAY_1 + timedelta(days=n))) for n in range(DAYS)
     )
@@ -140,6 +144,25 @@ def test_mapped_backfill_partitions_overlapping_the_daily_dag(dag, tmp_path, pag
     assert run.state == "success"
     received = [e["session_id"] for e in pagent_emulator.events()]
     assert sorted(received) == sorted(frame.session_id)  # every order once: the day already sent was skipped
+    # each partition is labelled with its window in the UI (map_index_template)
+    assert rendered_map_indexes(backfill.dag_id, run.run_id, "sync_partition") == [
+        f"{(DAY_1 + timedelta(days=n)):%Y-%m-%d %H:%M:%S} to {(DAY_1 + timedelta(days=n + 1)):%Y-%m-%d %H:%M:%S}"
+        for n in range(4)
+    ]
+
+
+def rendered_map_indexes(dag_id: str, run_id: str, task_id: str) -> list[str | None]:
+    """The labels Airflow rendered for the mapped task instances of one run, by map index."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(TaskInstance.map_index, TaskInstance.rendered_map_index)
+            .filter_by(dag_id=dag_id, run_id=run_id, task_id=task_id)
+            .order_by(TaskInstance.map_index)
+        )
+        return [label for _, label in rows]
 
 
 @pytest.fixture

@@ -634,6 +634,7 @@ def test_package_imports_nothing_else_from_pagent_provider() -> None:
             "pagent_provider.testing.background_server",
             "pagent_provider.testing.emulator",
             "pagent_provider.testing.faults",
+            "pagent_provider.testing.inspection",
             "pagent_provider.testing.request_body",
             "pagent_provider.testing.validation",
             "pagent_provider.testing.webapp",
@@ -675,7 +676,7 @@ def test_arg_parser() -> None:
         latency_s=0.05, fail_every=3, rate_limit_every=4, retry_after=None, drop_every=5, hang_every=6
     )
     default = emulator_from_args(build_arg_parser().parse_args([]))
-    assert default.api_keys == ("test-key",) and default.port == 8080 and default.faults == Faults()
+    assert default.api_keys == ("test-key",) and default.port == 8765 and default.faults == Faults()
 
 
 def test_command_line_serves_until_sigterm() -> None:

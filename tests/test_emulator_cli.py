@@ -49,6 +49,7 @@ FLAGS = [
     "--host",
     "--port",
     "--key",
+    "--dump",
     "--fast-sink",
     "--latency-ms",
     "--hang-every",
@@ -177,7 +178,7 @@ def test_defaults_are_the_faults_defaults() -> None:
     args = build_arg_parser().parse_args([])
     assert faults_from_args(args) == Faults()
     em = emulator_from_args(args)
-    assert (em.host, em.port, em.api_keys, em.fast_sink) == ("127.0.0.1", 8080, ("test-key",), False)
+    assert (em.host, em.port, em.api_keys, em.fast_sink) == ("127.0.0.1", 8765, ("test-key",), False)
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,7 @@ def test_a_failed_run_pushes_its_summary_records_its_run_and_emits_metrics(dag, 
     row = runs.iloc[0]
     assert (row.dag_id, row.task_id, row.outcome) == ("pagent_daily_conversions", "sync_purchases", "failed")
     assert row.sent == summary["sent"] and row.invalid == 1 and "PagentDeliveryError" in row.error
-    assert row.window_end - row.window_start == 86_400_000  # the day it covered
+    assert row.window_end - row.window_start == 4 * 86_400_000  # the day it covered and its 3-day lookback
 
     assert stats.counts["pagent.sent"] == summary["sent"] and stats.counts["pagent.invalid"] == 1
     assert stats.counts["pagent.runs.failed"] == 1 and "pagent.sync_duration" in stats.timings

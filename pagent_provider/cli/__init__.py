@@ -6,7 +6,7 @@ A thin shell on the same Airflow-free core the ``ConversionsOperator`` uses::
     pagent-conversions check
     pagent-conversions sync --source-url sqlite:///shop.db --sql orders.sql --key-column order_id
     pagent-conversions reconcile --source-url sqlite:///shop.db --sql orders.sql --key-column order_id
-    pagent-conversions emulator --port 8080
+    pagent-conversions emulator --port 8765
 
 The API key is read from the environment variable ``PAGENT_API_KEY`` only.
 Exit statuses: 0 success, 1 the sync (or check) failed, 2 usage or

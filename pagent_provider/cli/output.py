@@ -25,14 +25,15 @@ def render_json(document: Mapping[str, Any]) -> str:
 
 
 def render_table(document: Mapping[str, Any]) -> str:
-    """The summary as ``name  value`` rows aligned on the longest name, then the reject examples.
+    """The summary as ``name  value`` rows aligned on the longest name, then its warnings and reject examples.
 
     The error message is left out: it goes to stderr, where errors belong.
     """
-    hidden = ("reject_examples", "error", "metrics")  # metrics repeat the counts: JSON only
+    hidden = ("reject_examples", "warnings", "error", "metrics")  # metrics repeat the counts: JSON only
     rows = [(name, _cell(value)) for name, value in document.items() if name not in hidden]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
+    lines.extend(f"warning: {warning}" for warning in document.get("warnings") or [])
     examples = document.get("reject_examples") or []
     if examples:
         lines.append("reject examples:")

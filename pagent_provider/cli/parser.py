@@ -43,7 +43,7 @@ examples:
   export {API_KEY_ENV}=...          # never pass the key as a flag
   {PROG} check
   {PROG} sync --source-url sqlite:///shop.db --sql orders.sql --key-column order_id
-  {PROG} emulator --port 8080      # a local stand-in for pagent's ingest API
+  {PROG} emulator --port 8765      # a local stand-in for pagent's ingest API
 
 Run '{PROG} COMMAND --help' for the options of a command.
 
@@ -67,8 +67,8 @@ examples:
   {PROG} sync --source-url sqlite:///shop.db --sql orders.sql --key-column order_id --dry-run
 
   # against the local emulator (it accepts the key "test-key"), summary as JSON
-  {PROG} emulator --port 8080 &
-  {API_KEY_ENV}=test-key {PROG} sync --base-url http://127.0.0.1:8080 \\
+  {PROG} emulator --port 8765 &
+  {API_KEY_ENV}=test-key {PROG} sync --base-url http://127.0.0.1:8765 \\
       --source-url sqlite:///shop.db --sql orders.sql --key-column order_id --json
 
 The ledger table (default: in the source database) remembers every conversion
@@ -83,7 +83,7 @@ the SQL where it does not).
 _CHECK_EPILOG = f"""\
 examples:
   {API_KEY_ENV}=... {PROG} check
-  {API_KEY_ENV}=test-key {PROG} check --base-url http://127.0.0.1:8080
+  {API_KEY_ENV}=test-key {PROG} check --base-url http://127.0.0.1:8765
 
 Sends an empty batch, which pagent refuses with 400 when the key is valid and
 with 401 when it is not: no conversion is recorded.
@@ -98,15 +98,18 @@ exit status:
 
 _EMULATOR_EPILOG = f"""\
 examples:
-  {PROG} emulator --port 8080
+  {PROG} emulator --port 8765
   {PROG} emulator --port 0 --key my-key --fail-every 5 --latency-ms 50
   {PROG} emulator --partial-ack 1 --echo-credentials   # a server not to trust
   {PROG} emulator --ack-body '<html>Bad gateway</html>'
   {PROG} emulator --redirect-to http://127.0.0.1:9000/login --redirect-status 307
 
 It prints 'pagent emulator listening on http://HOST:PORT' and serves until
-Ctrl-C or SIGTERM; then it prints what it accepted. It accepts the key
-"test-key" unless --key is given."""
+Ctrl-C or SIGTERM; then it prints what it accepted (and with --dump FILE
+writes it as JSON). It accepts the key "test-key" unless --key is given.
+While it runs, GET /_emulator/events, /_emulator/requests and
+/_emulator/summary answer JSON (the emulator's own paths, not pagent's API).
+The default port, 8765, stays clear of Airflow's api-server (8080)."""
 
 
 class _ApiKeyFlagRefused(argparse.Action):
@@ -269,8 +272,10 @@ def add_reconcile_command(commands: argparse._SubParsersAction) -> None:  # type
 
 
 def add_ledger_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """``ledger ddl``: the statements that create the ledger's tables, for a DBA to run."""
-    ledger = commands.add_parser("ledger", help="the ledger's tables: print their DDL", allow_abbrev=False)
+    """``ledger ddl`` (the statements that create the ledger's tables, for a DBA) and ``ledger prune``."""
+    ledger = commands.add_parser(
+        "ledger", help="the ledger's tables: print their DDL, prune old sent keys", allow_abbrev=False
+    )
     actions = ledger.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
     ddl = actions.add_parser(
         "ddl",
@@ -286,6 +291,71 @@ def add_ledger_command(commands: argparse._SubParsersAction) -> None:  # type: i
     ddl.add_argument("--dialect", required=True, choices=("postgresql", "mysql", "mariadb", "sqlite"))
     ddl.add_argument("--ledger-table", default=defaults.LEDGER_TABLE, metavar="TABLE", help="(default %(default)s)")
     ddl.add_argument("--grant-to", metavar="USER", help="also print the GRANT statements for this database user")
+    add_prune_command(actions)
+
+
+#: The shortest ``ledger prune --older-than`` taken without ``--force``, in days.
+MIN_PRUNE_DAYS = 7
+
+_PRUNE_EPILOG = f"""\
+examples:
+  {PROG} ledger prune --older-than 400 --ledger-url postgresql+psycopg://etl@db/shop --dry-run
+  {PROG} ledger prune --older-than 400 --ledger-url postgresql+psycopg://etl@db/shop
+
+The trade-off: a key pruned here and selected again later, by a lookback, a
+backfill or a re-run of an old interval, is SENT AGAIN (pagent counts it
+twice). Choose a horizon longer than any window a DAG may select again: the
+lookback, and the oldest day you would ever backfill. Horizons under
+{MIN_PRUNE_DAYS} days are refused without --force.
+
+exit status:
+  0  pruned (or counted, with --dry-run)
+  1  the database failed
+  2  usage error"""
+
+
+def non_negative_days(text: str) -> float:
+    """A number of days, 0 or more (fractions allowed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of days >= 0, got {text!r}")
+    return value
+
+
+def add_prune_command(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``ledger prune``: delete ``sent`` keys older than a horizon, in batches."""
+    prune = actions.add_parser(
+        "prune",
+        help="delete sent keys older than a horizon (never claimed or unknown ones)",
+        description=(
+            "Delete the ledger's 'sent' keys of one namespace whose sent_at is older than\n"
+            "--older-than days, in batches of short transactions; 'claimed' and 'unknown' keys\n"
+            "always stay. Prints how many keys were deleted (or would be, with --dry-run)."
+        ),
+        epilog=_PRUNE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    prune.add_argument(
+        "--older-than", type=non_negative_days, required=True, metavar="DAYS", help="the horizon, in days"
+    )
+    where = prune.add_mutually_exclusive_group(required=True)
+    where.add_argument("--ledger-url", metavar="URL", help="SQLAlchemy URL of the ledger's database")
+    where.add_argument(
+        "--ledger-conn-id", metavar="ID", help="an Airflow connection id of the ledger's database instead"
+    )
+    prune.add_argument("--ledger-table", default=defaults.LEDGER_TABLE, metavar="TABLE", help="(default %(default)s)")
+    prune.add_argument(
+        "--ledger-namespace", default=DEFAULT_LEDGER_NAMESPACE, metavar="NS", help="(default %(default)s)"
+    )
+    prune.add_argument(
+        "--batch", type=positive_int, default=1000, metavar="N", help="keys per transaction (default %(default)s)"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="count the keys that would be deleted; delete nothing")
+    prune.add_argument("--force", action="store_true", help=f"accept a horizon shorter than {MIN_PRUNE_DAYS} days")
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:

@@ -34,7 +34,9 @@ from pagent_provider.core.delivery import V1Sender
 from pagent_provider.core.ledger import Ledger
 from pagent_provider.core.metrics import metrics_of
 from pagent_provider.core.owner import ClaimOwner
-from pagent_provider.core.run_history import RunHistory, RunStart, outcome_of
+from pagent_provider.core.placeholders import check_placeholder_style
+from pagent_provider.core.run_history import RunHistory, RunRow, RunStart, outcome_of
+from pagent_provider.core.silent_success import RECENT_RUNS, same_task, zero_rows_warning
 from pagent_provider.core.stopping import stop_gracefully_on
 from pagent_provider.core.sync import ConversionSync, SyncOptions
 from pagent_provider.core.transform import TransformConfig
@@ -76,11 +78,15 @@ def run_sync(args: argparse.Namespace, line: StatusLine) -> int:
         # Registered last, so it runs first: a sync that stopped early leaves the
         # query's connection checked out, and dispose() only closes idle ones.
         cleanup.callback(chunks.close)
+        previous = previous_runs(ledger, dry_run=args.dry_run)
         history = start_history(ledger, parameters, dry_run=args.dry_run)
         try:
             # SIGTERM (cron, systemd, Kubernetes, docker stop) stops exactly as Ctrl-C does
             with stop_gracefully_on(sync.request_stop):
                 error = execute_sync(sync, chunks, line)
+            warning = zero_rows_warning(sync.summary.rows, previous) if error is None else None
+            if warning is not None:
+                sync.warn(warning)
         except KeyboardInterrupt as interrupted:  # a second signal while stopping
             finish_history(history, ledger, sync, interrupted)
             print_summary(summary_document(sync.summary.as_dict(), "interrupted"), args.json)
@@ -101,6 +107,14 @@ def run_sync(args: argparse.Namespace, line: StatusLine) -> int:
         return EXIT_INTERRUPTED
     print(f"{PROG} sync: failed: {message}", file=sys.stderr)
     return exit_code_for(error)
+
+
+def previous_runs(ledger: Ledger | None, *, dry_run: bool) -> list[RunRow]:
+    """The earlier command-line runs of the ledger's namespace, latest first (what 0 rows is compared with)."""
+    if ledger is None or dry_run:
+        return []
+    recent = RunHistory.for_ledger(ledger).recent(ledger.namespace, limit=4 * RECENT_RUNS)
+    return same_task(recent, {"dag_id": None, "task_id": None})
 
 
 def start_history(ledger: Ledger | None, parameters: Mapping[str, str], *, dry_run: bool) -> RunHistory | None:
@@ -187,6 +201,7 @@ def read_query_arguments(args: argparse.Namespace) -> tuple[str, dict[str, str],
     """
     sql = load_sql(args.sql)
     parameters = build_parameters(args.params)
+    check_placeholder_style(sql)  # before check_placeholders, whose "no :name placeholder" would mislead
     check_placeholders(sql, parameters)
     return sql, parameters, build_transform_config(args)
 

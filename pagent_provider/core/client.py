@@ -92,7 +92,7 @@ class PagentClient:
             Proxy credentials are redacted like the key.
 
     Example:
-        >>> with PagentClient("key", base_url="http://127.0.0.1:8080") as client:  # doctest: +SKIP
+        >>> with PagentClient("key", base_url="http://127.0.0.1:8765") as client:  # doctest: +SKIP
         ...     client.send_conversions([{"session_id": "s", "user_id": "u", "conversion_id": "g"}])
         {'accepted': 1}
     """

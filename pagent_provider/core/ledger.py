@@ -877,3 +877,56 @@ class Ledger:
             ),
             lambda conn: conn.execute(self.rejects_table.insert(), rows),
         )
+
+    # --- retention ----------------------------------------------------------
+
+    def prunable_sent(self, before_ms: int) -> int:
+        """How many ``sent`` keys of this namespace :meth:`prune_sent` would delete for ``before_ms``."""
+        t = self.table
+        query = sa.select(sa.func.count()).where(
+            t.c.namespace == self.namespace, t.c.status == SENT, t.c.sent_at < before_ms
+        )
+        return int(self._read("count of prunable keys", lambda conn: conn.execute(query).scalar_one()))
+
+    def prune_sent(self, before_ms: int, batch: int = 1000) -> int:
+        """Delete the ``sent`` keys of this namespace acknowledged before ``before_ms``; return how many.
+
+        ``claimed`` and ``unknown`` keys are never deleted: they are runs in
+        flight and answers still to settle. A key deleted here and selected
+        again (by a lookback, a backfill, a re-run) is SENT AGAIN: the horizon
+        must be longer than any window a run may select again.
+
+        The keys go in batches of ``batch``, each its own short transaction, so
+        that a large prune never holds locks for long against running syncs;
+        the scan walks the primary key once (``event_key`` greater than the
+        last one seen), not the table once per batch.
+
+        Raises:
+            PagentConfigError: ``batch`` is not a positive number.
+            PagentLedgerUnavailableError: the database kept failing.
+        """
+        if batch < 1:
+            raise PagentConfigError(f"batch must be at least 1, got {batch}")
+        t = self.table
+        old_sent = (t.c.namespace == self.namespace, t.c.status == SENT, t.c.sent_at < before_ms)
+        deleted, last_key = 0, None
+        while True:
+            after = () if last_key is None else (t.c.event_key > last_key,)
+            page = sa.select(t.c.event_key).where(*old_sent, *after).order_by(t.c.event_key).limit(batch)
+            keys = self._read("prune (find keys)", lambda conn, page=page: list(conn.execute(page).scalars()))
+            if not keys:
+                return deleted
+
+            def delete(conn: sa.Connection, keys: list[str] = keys) -> int:
+                # the conditions again: a key re-claimed since it was read stays
+                return sum(
+                    conn.execute(t.delete().where(*old_sent, t.c.event_key.in_(keys_slice))).rowcount
+                    for keys_slice in _slices(keys)
+                )
+
+            deleted += self._write(
+                "prune", lambda done=deleted: f"{done} sent keys were deleted before it failed", delete
+            )
+            last_key = keys[-1]
+            if len(keys) < batch:
+                return deleted

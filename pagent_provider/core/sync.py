@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,6 +23,7 @@ from pagent_provider.core.delivery import BatchOutcome, PendingEvent, RefusalBud
 from pagent_provider.core.events import MAX_EVENTS_PER_REQUEST
 from pagent_provider.core.ledger import Ledger, RejectRecord
 from pagent_provider.core.preparation import ChunkPreparer, PreparedChunk, prepare_ahead
+from pagent_provider.core.silent_success import date_time_warning
 from pagent_provider.core.transform import RowReject, TransformConfig
 from pagent_provider.exceptions import (
     PagentClaimedElsewhereError,
@@ -102,6 +103,8 @@ class SyncSummary:
     duration_s: float = 0.0
     dry_run: bool = False
     reject_examples: list[str] = field(default_factory=list)
+    #: What looked wrong without failing the run (see :mod:`pagent_provider.core.silent_success`).
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict."""
@@ -113,6 +116,7 @@ class SyncSummary:
         lines = [f"pagent sync summary ({d['duration_s']:g}s{', dry run' if self.dry_run else ''}):"]
         for title, names in _SUMMARY_GROUPS:
             lines.append(f"  {title:<9} " + "  ".join(f"{name}={d[name]}" for name in names))
+        lines.extend(f"  warning   {warning}" for warning in self.warnings)
         return "\n".join(lines)
 
 
@@ -179,6 +183,12 @@ class ConversionSync:
             self._stop_reason = reason
         self._stop_requested.set()
 
+    def warn(self, message: str) -> None:
+        """Log ``message`` as a warning and keep it in the summary's ``warnings`` (once)."""
+        if message not in self.summary.warnings:
+            self.summary.warnings.append(message)
+            self.log.warning("%s", message)
+
     def run(self, chunks: Iterable[pd.DataFrame]) -> SyncSummary:
         """Sync every chunk; return the summary or raise with ``error.summary`` set.
 
@@ -225,11 +235,22 @@ class ConversionSync:
 
     def _sync_chunks(self, chunks: Iterable[pd.DataFrame], pool: ThreadPoolExecutor) -> None:
         preparer = ChunkPreparer(self.transform, self.ledger, dry_run=self.options.dry_run)
-        prepared_chunks = prepare_ahead(chunks, preparer, poll_s=0.05, on_idle=self._while_reading)
+        prepared_chunks = prepare_ahead(self._checked(chunks), preparer, poll_s=0.05, on_idle=self._while_reading)
         try:
             self._send_prepared(prepared_chunks, pool)
         except _StopReading:
             return
+
+    def _checked(self, chunks: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        # The first non-empty chunk tells what the time column holds; the rest pass untouched.
+        checked = False
+        for chunk in chunks:
+            if not checked and len(chunk):
+                checked = True
+                warning = date_time_warning(chunk, self.transform.column_for("time"))
+                if warning is not None:
+                    self.warn(warning)
+            yield chunk
 
     def _send_prepared(self, prepared_chunks: Generator[PreparedChunk, None, None], pool: ThreadPoolExecutor) -> None:
         for prepared in prepared_chunks:

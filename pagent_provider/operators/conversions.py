@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from airflow.providers.common.compat.sdk import conf
@@ -13,13 +14,16 @@ from pagent_provider.core import defaults
 from pagent_provider.core.ledger import Ledger, UnknownOutcomePolicy
 from pagent_provider.core.ledger_dialects import check_placement
 from pagent_provider.core.owner import ClaimOwner
+from pagent_provider.core.placeholders import check_placeholder_style
+from pagent_provider.core.silent_success import empty_interval_error
 from pagent_provider.core.stopping import stop_gracefully_on
 from pagent_provider.core.sync import KEY_COLUMN_WARNING, ConversionSync, SyncOptions
 from pagent_provider.core.transform import TransformConfig
-from pagent_provider.exceptions import PagentFatalError
+from pagent_provider.exceptions import PagentConfigError, PagentFatalError
 from pagent_provider.hooks.pagent import PagentHook, as_airflow_failure
 from pagent_provider.hooks.sql_source import ReadMode, check_read_mode, open_sql_source
 from pagent_provider.lineage import openlineage_facets_on_complete, openlineage_facets_on_start, report_output_asset
+from pagent_provider.operators.lookback import check_lookback, with_lookback
 from pagent_provider.operators.run_reporting import describe_start, reporting
 
 log = logging.getLogger(__name__)
@@ -77,9 +81,21 @@ class ConversionsOperator(BaseSQLOperator):
         connection type, see :data:`pagent_provider.hooks.sql_source.READ_PATHS`),
         ``"sqlalchemy"`` (the hook's engine, streamed with a server-side cursor) or
         ``"dbapi"`` (the hook's ``get_conn()``, read with ``fetchmany``).
+    :param lookback: also select this much before the run's window (``timedelta(days=3)``),
+        so that rows that arrived late, or were invalid or refused and have been fixed
+        since, go out on the next run; what was sent is skipped by the ledger
+        (``already_sent``). It moves the rendered query parameter ``lookback_parameter``
+        back (see :mod:`pagent_provider.operators.lookback`); the SQL is not changed.
+    :param lookback_parameter: the query parameter holding the window's start (default ``"start"``).
     :return: the summary dict (XCom): ``rows``, ``valid``, ``invalid``, ``sent``,
         ``accepted``, ``batches``, ``duration_s``, ``dry_run``, ``already_sent``,
-        ``unknown``, ``changed_after_send``, ``rejected`` and more.
+        ``unknown``, ``changed_after_send``, ``rejected``, ``warnings`` and more.
+
+    Before it reads, a run fails (without retries) when the rendered SQL uses
+    ``%(name)s``, ``%s`` or ``?`` placeholders, and when its data interval is
+    empty (start equals end) while the query selects by it; it warns when the
+    time column holds DATE values and when it selected 0 rows where the
+    previous runs selected thousands (see :mod:`pagent_provider.core.silent_success`).
     """
 
     template_fields: Sequence[str] = (*BaseSQLOperator.template_fields, "sql", "parameters", "ledger_namespace")
@@ -115,6 +131,8 @@ class ConversionsOperator(BaseSQLOperator):
         claim_timeout: float = defaults.CLAIM_TIMEOUT_S,
         claimed_elsewhere_wait: float = defaults.CLAIMED_ELSEWHERE_WAIT_S,
         read_mode: ReadMode = "auto",
+        lookback: timedelta | None = None,
+        lookback_parameter: str = "start",
         **kwargs: Any,
     ) -> None:
         super().__init__(conn_id=conn_id, **kwargs)
@@ -145,6 +163,13 @@ class ConversionsOperator(BaseSQLOperator):
         self.claimed_elsewhere_wait = claimed_elsewhere_wait
         check_read_mode(read_mode)
         self.read_mode = read_mode
+        check_lookback(lookback, lookback_parameter, parameters)
+        self.lookback = lookback
+        self.lookback_parameter = lookback_parameter
+        # The templates as written, before Airflow renders them in place: what tells
+        # whether the query selects by the data interval.
+        self._sql_template = sql
+        self._parameters_template = repr(parameters)
         self._running_sync: ConversionSync | None = None
         # Catch bad settings when the DAG is parsed, not when the task runs.
         self._sync_options()
@@ -174,6 +199,10 @@ class ConversionsOperator(BaseSQLOperator):
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            parameters = self._check_before_reading(context)
+        except PagentFatalError as error:
+            raise as_airflow_failure(error) from error
         source = open_sql_source(self.get_db_hook(), self.read_mode)
         self.log.info("reading %s through %s: %s", self.conn_id, source.mode, source.reason)
         ledger_engine = self._ledger_engine()
@@ -185,16 +214,16 @@ class ConversionsOperator(BaseSQLOperator):
                     client, self._transform_config(), self._sync_options(), ledger=ledger, logger=self.log
                 )
                 self._running_sync = sync
-                self.log.info("%s", describe_start(self, self.parameters, source.mode, client.base_url, ledger))
+                self.log.info("%s", describe_start(self, parameters, source.mode, client.base_url, ledger))
                 # Airflow 3's supervisor sends SIGINT, then SIGTERM; Airflow 2 sends SIGTERM
                 # and raises AirflowTaskTerminated right after on_kill(). Either way: stop
                 # gracefully rather than let an exception land between pagent's answer and
                 # the ledger (on_kill still serves Airflow's other callers, e.g. timeouts).
                 with (
-                    reporting(sync, ledger, context, self.parameters, self.log),
+                    reporting(sync, ledger, context, parameters, self.log, window_start=self._window_start(context)),
                     stop_gracefully_on(sync.request_stop),
                 ):
-                    summary = sync.run(source.read_chunks(self.sql, self.parameters, chunksize=self.chunksize))
+                    summary = sync.run(source.read_chunks(self.sql, parameters, chunksize=self.chunksize))
         except PagentFatalError as error:
             raise as_airflow_failure(error) from error
         finally:
@@ -204,6 +233,47 @@ class ConversionsOperator(BaseSQLOperator):
                 ledger_engine.dispose()
         report_output_asset(self)  # Airflow's hook-level lineage: the pagent Asset
         return summary.as_dict()
+
+    def _check_before_reading(self, context: Context) -> Any:
+        """The checks that fail a run before it connects; the parameters to run the query with.
+
+        Raises:
+            PagentConfigError: driver-style placeholders in the SQL; an empty data
+                interval while the query selects by it; a lookback that cannot apply.
+        """
+        check_placeholder_style(self.sql)
+        if self.lookback is not None or self._selects_by_interval():
+            problem = empty_interval_error(context.get("data_interval_start"), context.get("data_interval_end"))
+            if problem is not None:
+                raise PagentConfigError(problem)
+        parameters = with_lookback(self.parameters, self.lookback_parameter, self.lookback)
+        if self.lookback is not None:
+            self.log.info(
+                "lookback %s: %s=%r moved back to %r",
+                self.lookback,
+                self.lookback_parameter,
+                (self.parameters or {}).get(self.lookback_parameter),
+                (parameters or {}).get(self.lookback_parameter),
+            )
+        return parameters
+
+    def _selects_by_interval(self) -> bool:
+        """True when the SQL or the parameters, as written, mention the data interval."""
+        written = [self._parameters_template, self._sql_template]
+        if isinstance(self._sql_template, str) and self._sql_template.endswith(tuple(self.template_ext)):
+            written.append(self._template_source(self._sql_template))
+        return any("data_interval" in text for text in written)
+
+    def _template_source(self, name: str) -> str:
+        try:
+            env = self.get_template_env()
+            return env.loader.get_source(env, name)[0] if env.loader is not None else ""
+        except Exception:  # noqa: BLE001 - a file Airflow rendered but we cannot read again: nothing mentioned
+            return ""
+
+    def _window_start(self, context: Context) -> Any:
+        start = context.get("data_interval_start")
+        return start - self.lookback if start is not None and self.lookback is not None else start
 
     def on_kill(self) -> None:
         """Stop the running sync gracefully: send nothing more, record the answers in flight.

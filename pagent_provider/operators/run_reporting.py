@@ -6,7 +6,9 @@
   ``invalid``, ``rejected`` of a failed try;
 * ``pagent.*`` metrics through Airflow's own ``Stats`` (StatsD or
   OpenTelemetry, wherever the deployment sends Airflow's metrics), tagged with
-  the DAG, the task and the ledger namespace.
+  the DAG, the task and the ledger namespace;
+* the warning of a run that selected 0 rows where the previous runs of the
+  same task selected thousands (:func:`~pagent_provider.core.silent_success.zero_rows_warning`).
 
 None of these may fail a delivery: each one that fails is logged and skipped.
 """
@@ -16,13 +18,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from airflow.providers.common.compat.sdk import Stats
 
 from pagent_provider.core import metrics
 from pagent_provider.core.ledger import Ledger
-from pagent_provider.core.run_history import RunHistory, RunStart, outcome_of
+from pagent_provider.core.run_history import RunHistory, RunRow, RunStart, outcome_of
+from pagent_provider.core.silent_success import RECENT_RUNS, same_task, zero_rows_warning
 from pagent_provider.core.sync import ConversionSync
 
 XCOM_SUMMARY_KEY = "summary"
@@ -47,18 +51,27 @@ def reporting(
     context: Mapping[str, Any],
     params: Mapping[str, Any] | None,
     log: logging.Logger | logging.LoggerAdapter,
+    *,
+    window_start: datetime | None = None,
 ) -> Iterator[None]:
-    """Record the run that the block performs with ``sync``; see the module docstring."""
+    """Record the run that the block performs with ``sync``; see the module docstring.
+
+    ``window_start`` is the start of what the run selects when it is not the
+    data interval's (a ``lookback`` moves it back).
+    """
     task = _task_fields(context)
     history = None
+    previous: list[RunRow] = []
     if ledger is not None and not sync.options.dry_run:
         history = RunHistory.for_ledger(ledger, logger=log)
+        # Read before this run's own row exists; a few more than needed, as other tasks share the namespace.
+        previous = same_task(history.recent(ledger.namespace, limit=4 * RECENT_RUNS), task)
         history.start(
             RunStart.of(
                 ledger.owner,
                 ledger.namespace,
                 params=params,
-                window_start=context.get("data_interval_start"),
+                window_start=window_start or context.get("data_interval_start"),
                 window_end=context.get("data_interval_end"),
                 **task,
             )
@@ -66,6 +79,9 @@ def reporting(
     error: BaseException | None = None
     try:
         yield
+        warning = zero_rows_warning(sync.summary.rows, previous)
+        if warning is not None:
+            sync.warn(warning)
     except BaseException as raised:
         error = raised
         raise

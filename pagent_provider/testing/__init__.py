@@ -21,7 +21,7 @@ redirects to.
 
 pytest users get the fixtures ``pagent_emulator`` and ``pagent_connection``
 automatically (see :mod:`pagent_provider.testing.pytest_plugin`). From a shell:
-``python -m pagent_provider.testing --port 8080``.
+``python -m pagent_provider.testing --port 8765``.
 
 This package uses the standard library only and imports nothing from Airflow
 or from the rest of :mod:`pagent_provider`.

@@ -2,7 +2,7 @@
 
 Example::
 
-    python -m pagent_provider.testing --port 8080 --key my-key --fail-every 5
+    python -m pagent_provider.testing --port 8765 --key my-key --fail-every 5
 
 Every field of :class:`~pagent_provider.testing.faults.Faults` that can be
 written on a command line has a flag (``--help`` lists them), hostile modes
@@ -14,6 +14,12 @@ predicate) has none. ``pagent-conversions emulator`` takes the same flags:
 It prints ``pagent emulator listening on http://HOST:PORT``, serves until
 SIGINT (Ctrl-C) or SIGTERM, then prints a one-line summary and exits 0. A bad
 flag value is a usage error (exit status 2).
+
+The default port, 8765, stays clear of Airflow's api-server (8080). What it
+received can be read while it runs, ``GET /_emulator/events``,
+``/_emulator/requests`` and ``/_emulator/summary`` (JSON; the emulator's
+own, not part of pagent's API), and ``--dump FILE`` writes it all as JSON
+when it stops (:mod:`pagent_provider.testing.inspection`).
 """
 
 from __future__ import annotations
@@ -28,12 +34,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pagent_provider.testing.emulator import Faults, IngestEmulator
+from pagent_provider.testing.inspection import write_dump
 
 #: The program name of ``python -m pagent_provider.testing`` in help and errors.
 DEFAULT_PROG = "python -m pagent_provider.testing"
 
 #: What ``--help`` says the emulator is.
 DESCRIPTION = "Serve a local emulator of pagent's server-side conversions ingest API."
+
+#: The port it listens on by default: not Airflow's api-server's (8080).
+DEFAULT_PORT = 8765
 
 #: The statuses ``--redirect-status`` accepts: the redirects that carry a ``Location``.
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
@@ -181,7 +191,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     parser.add_argument(
-        "--port", type=_port, default=8080, help="port to listen on; 0 picks a free one (default %(default)s)"
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help="port to listen on; 0 picks a free one (default %(default)s; Airflow's api-server has 8080)",
     )
     parser.add_argument(
         "--key",
@@ -189,6 +202,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="KEY",
         help='accepted API key; repeatable (default "test-key")',
+    )
+    parser.add_argument(
+        "--dump",
+        metavar="FILE",
+        help="on exit, write what it received (events, requests) to FILE as JSON (while running: GET /_emulator/events)",
     )
     parser.add_argument(
         "--fast-sink",
@@ -415,6 +433,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = DEFAULT_PROG) -> int:
             f"in {sum(1 for r in requests if 200 <= r.status <= 299)} successful of {len(requests)} requests"
         )
     print(summary, flush=True)
+    if args.dump:
+        write_dump(emulator, args.dump)
+        print(f"pagent emulator: wrote what it received to {args.dump}", flush=True)
     return 0
 
 

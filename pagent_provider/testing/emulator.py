@@ -60,6 +60,8 @@ from pagent_provider.testing.faults import (
     scheduled_fault,
     trickle,
 )
+from pagent_provider.testing.inspection import PREFIX as INSPECTION_PREFIX
+from pagent_provider.testing.inspection import inspection_document
 from pagent_provider.testing.request_body import ClientGone, read_request_body
 from pagent_provider.testing.validation import (
     ENDPOINTS,
@@ -216,6 +218,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self._answer_error(400, "invalid Content-Length or chunked body")
                 return
+            if path.startswith(INSPECTION_PREFIX):
+                self._inspect(emulator, path)
+                return
             if path not in ENDPOINTS:
                 self._answer_error(404, f"not found: {path}")
                 return
@@ -234,6 +239,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer_error(500, f"emulator internal error: {exc!r}")
         finally:
             self._record(NO_RESPONSE)
+
+    def _inspect(self, emulator: IngestEmulator, path: str) -> None:
+        """``GET /_emulator/...``: what was received, as JSON (see :mod:`pagent_provider.testing.inspection`)."""
+        self._recorded = True  # looking is not a request to look at
+        self._faults = Faults()  # nor subject to the faults (a trickled answer, a leaked header)
+        document = inspection_document(emulator, path)
+        if document is None:
+            self._answer(404, json.dumps({"error": f"not found: {path}"}).encode(), content_type="application/json")
+        elif self.command not in ("GET", "HEAD"):
+            self._answer(405, b'{"error": "GET only"}', content_type="application/json", headers=(("Allow", "GET"),))
+        else:
+            body = json.dumps(document, ensure_ascii=False, default=str).encode("utf-8")
+            self._answer(200, body, content_type="application/json")
 
     def _record(self, status: int) -> None:
         """Record this request once (nothing in fast-sink mode)."""

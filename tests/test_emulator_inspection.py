@@ -1,0 +1,104 @@
+"""Issue 12: the emulator as a process can be inspected: ``GET /_emulator/...`` while it runs, ``--dump FILE`` on exit.
+
+Each test starts the emulator as a real subprocess (``python -m pagent_provider.testing``
+or ``pagent-conversions emulator``), talks to it over HTTP and stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from pagent_provider.testing.__main__ import DEFAULT_PORT, build_arg_parser
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MODULE = [sys.executable, "-m", "pagent_provider.testing"]
+CLI = [sys.executable, "-m", "pagent_provider.cli", "emulator"]
+
+
+def batch(n: int, first: int = 0) -> dict:
+    return {
+        "events": [
+            {"session_id": f"s{first + i}", "user_id": f"u{first + i}", "conversion_id": "goal"} for i in range(n)
+        ]
+    }
+
+
+@contextmanager
+def emulator_process(*flags: str, command: list[str] = MODULE) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The emulator on a free port with ``flags``: its URL and process; SIGTERM and wait after the block."""
+    proc = subprocess.Popen(
+        [*command, "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.fullmatch(r"pagent emulator listening on (http://127\.0\.0\.1:\d+)\n", line)
+        if not match:
+            proc.kill()
+            pytest.fail(f"the emulator did not start: {line!r} {proc.communicate()[1]}")
+        yield match.group(1), proc
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("command", [MODULE, CLI], ids=["module", "cli"])
+def test_what_the_process_received_is_served_as_json(command):
+    with emulator_process("--fail-every", "3", "--echo-credentials", command=command) as (url, _):
+        assert requests.post(f"{url}/v1/conversions", json=batch(2), headers=AUTH, timeout=10).status_code == 200
+        assert requests.post(f"{url}/v1/conversions", json=batch(1), headers={}, timeout=10).status_code == 401
+        assert requests.post(f"{url}/v1/conversions", json=batch(3, 2), headers=AUTH, timeout=10).status_code == 200
+
+        events = requests.get(f"{url}/_emulator/events", timeout=10)
+        assert events.status_code == 200 and events.headers["Content-Type"] == "application/json"
+        assert events.json()["count"] == 5
+        assert [e["session_id"] for e in events.json()["events"]] == ["s0", "s1", "s2", "s3", "s4"]
+
+        seen = requests.get(f"{url}/_emulator/requests", timeout=10).json()
+        assert [(r["method"], r["path"], r["status"], r["n_events"]) for r in seen["requests"]] == [
+            ("POST", "/v1/conversions", 200, 2),
+            ("POST", "/v1/conversions", 401, 1),
+            ("POST", "/v1/conversions", 200, 3),
+        ]  # the inspection requests themselves are not recorded, and never a header (no key)
+        assert KEY not in json.dumps(seen)
+        # the inspection is not subject to faults: this would be the 3rd POST's 500 otherwise
+        assert requests.get(f"{url}/_emulator/summary", timeout=10).json() == {"accepted_count": 5, "requests": 3}
+
+        assert requests.get(f"{url}/_emulator/nothing", timeout=10).status_code == 404
+        assert requests.post(f"{url}/_emulator/events", timeout=10).status_code == 405
+
+
+def test_dump_writes_what_was_received_on_exit(tmp_path: Path):
+    dump = tmp_path / "received.json"
+    with emulator_process("--dump", str(dump)) as (url, proc):
+        requests.post(f"{url}/v1/conversions", json=batch(4), headers=AUTH, timeout=10).raise_for_status()
+        requests.post(f"{url}/v1/conversions", json={"events": [{"revenue": 1}]}, headers=AUTH, timeout=10)
+        assert not dump.exists()  # written when it stops
+    assert proc.returncode == 0
+    document = json.loads(dump.read_text(encoding="utf-8"))
+    assert document["accepted_count"] == 4 and len(document["events"]) == 4
+    assert [r["status"] for r in document["requests"]] == [200, 400]
+
+
+def test_the_default_port_is_clear_of_airflows_api_server():
+    assert DEFAULT_PORT == 8765
+    assert build_arg_parser().parse_args([]).port == 8765
