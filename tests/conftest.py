@@ -89,3 +89,19 @@ def postgres_url() -> Iterator[str]:
 def mariadb_url() -> Iterator[str]:
     """SQLAlchemy URL of a fresh MariaDB database, dropped afterwards."""
     yield from _scratch_database(MARIADB_ADMIN_URL, "MariaDB on 127.0.0.1:3306")
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each dialect the ledger runs on (SQLite as a file, like a real deployment)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return request.getfixturevalue("postgres_url" if request.param == "postgresql" else "mariadb_url")
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sqlalchemy.Engine]:
+    """An engine on :func:`db_url`, disposed afterwards."""
+    engine = sqlalchemy.create_engine(db_url)
+    yield engine
+    engine.dispose()

@@ -32,21 +32,6 @@ POLICIES = ["resend", "skip"]
 # --------------------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database of each dialect (SQLite as a file, like a real deployment)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return request.getfixturevalue("postgres_url" if request.param == "postgresql" else "mariadb_url")
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
 def make_ledger(engine: sa.Engine, owner: ClaimOwner | None = None, **kwargs: object) -> Ledger:
     namespace = str(kwargs.pop("namespace", NAMESPACE))
     ledger = Ledger(engine, namespace=namespace, owner=owner or ClaimOwner(), **kwargs)  # type: ignore[arg-type]

@@ -54,20 +54,6 @@ TRICKY_KEYS = [
 # --------------------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return request.getfixturevalue("postgres_url" if request.param == "postgresql" else "mariadb_url")
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
 @pytest.fixture
 def mariadb(mariadb_url: str) -> Iterator[sa.Engine]:
     engine = sa.create_engine(mariadb_url)

@@ -8,7 +8,6 @@ selected again is sent again (the documented trade-off).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,20 +21,6 @@ from pagent_provider.testing.sample_warehouse import generate_conversions, write
 
 NAMESPACE = "prune-test"
 DAY_MS = 86_400_000
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return request.getfixturevalue("postgres_url" if request.param == "postgresql" else "mariadb_url")
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(db_url)
-    yield engine
-    engine.dispose()
 
 
 def backdate(ledger: Ledger, keys: list[str], days: float) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+from http.server import ThreadingHTTPServer
 from typing import Any, Self
 
 #: Wildcard bind addresses, and the loopback address a client connects to instead.
@@ -17,6 +18,20 @@ _LOOPBACK_FOR = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 def address_family(host: str) -> socket.AddressFamily:
     """IPv6 for an address with a colon, IPv4 otherwise."""
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class LocalHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that binds without a DNS lookup and serves daemon threads."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), which may block on DNS.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = port
 
 
 class BackgroundServer:

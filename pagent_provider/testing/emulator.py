@@ -37,16 +37,15 @@ import hmac
 import json
 import logging
 import socket
-import socketserver
 import sys
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from pagent_provider.testing.background_server import BackgroundServer, address_family
+from pagent_provider.testing.background_server import BackgroundServer, LocalHTTPServer, address_family
 from pagent_provider.testing.faults import (
     FAIL_MESSAGE,
     UNAVAILABLE_MESSAGE,
@@ -142,23 +141,14 @@ class _NoAnswer(Exception):
     """Close the connection without answering (drop and hang faults)."""
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LocalHTTPServer):
     block_on_close = False  # stop() shuts connections down itself, idle keep-alives included
-    allow_reuse_address = True
     request_queue_size = 256
 
     def __init__(self, address: tuple, emulator: IngestEmulator, family: int) -> None:
         self.address_family = family
         self.emulator = emulator
         super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), which may block on DNS.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = port
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]

@@ -18,15 +18,14 @@ Only the standard library is used; nothing here imports Airflow.
 from __future__ import annotations
 
 import logging
-import socketserver
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from pagent_provider.testing.background_server import BackgroundServer, address_family
+from pagent_provider.testing.background_server import BackgroundServer, LocalHTTPServer, address_family
 from pagent_provider.testing.request_body import ClientGone, read_request_body
 
 __all__ = ["DEFAULT_PAGE", "WebAppRequest", "WebAppServer"]
@@ -58,22 +57,13 @@ class WebAppRequest:
     received_at: float
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LocalHTTPServer):
     block_on_close = False  # every answer closes its connection, so no handler lingers
-    allow_reuse_address = True
 
     def __init__(self, address: tuple, webapp: WebAppServer, family: int) -> None:
         self.address_family = family
         self.webapp = webapp
         super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), which may block on DNS.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = port
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
