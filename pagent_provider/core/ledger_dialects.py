@@ -293,11 +293,14 @@ def _postgresql_permanent(error: sa.exc.DBAPIError) -> bool:
     return state.startswith("28") or state == "3D000"  # bad credentials, no such database
 
 
+def _insert_if_absent_returning(table: sa.Table) -> sa.Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING event_key, claim_id`` (PostgreSQL, and DuckDB, which speaks it)."""
+    return postgresql_insert(table).on_conflict_do_nothing().returning(table.c.event_key, table.c.claim_id)
+
+
 POSTGRESQL = LedgerDialect(
     label="PostgreSQL",
-    claim_insert=lambda table: (
-        postgresql_insert(table).on_conflict_do_nothing().returning(table.c.event_key, table.c.claim_id)
-    ),
+    claim_insert=_insert_if_absent_returning,
     insert_returns_rows=True,
     # the database's default collation: always deterministic, so equal means equal bytes
     key_type=sa.String,
@@ -384,10 +387,7 @@ def _refuse_a_locked_file(engine: sa.Engine) -> None:
 
 DUCKDB = LedgerDialect(
     label="DuckDB",
-    # duckdb_engine speaks PostgreSQL's dialect: ON CONFLICT DO NOTHING RETURNING
-    claim_insert=lambda table: (
-        postgresql_insert(table).on_conflict_do_nothing().returning(table.c.event_key, table.c.claim_id)
-    ),
+    claim_insert=_insert_if_absent_returning,
     insert_returns_rows=True,
     # VARCHAR compares bytes in DuckDB unless a collation is asked for
     key_type=sa.String,
