@@ -201,6 +201,27 @@ def test_rerun_sends_nothing_and_reports_json(
     assert runs.values.tolist() == [["success", ROWS, 0], ["success", 0, ROWS]]
 
 
+def test_api_v2_delivers_through_the_bulk_endpoint_and_shares_the_ledger_with_v1(
+    pagent_emulator: IngestEmulator, warehouse: str, tmp_path: Path, no_airflow_path: Path
+) -> None:
+    first = run_cli(
+        sync_args(pagent_emulator, warehouse, "--api", "v2", "--json"), cwd=tmp_path, no_airflow=no_airflow_path
+    )
+    as_v1 = run_cli(
+        sync_args(pagent_emulator, warehouse, "--api", "v1", "--json"), cwd=tmp_path, no_airflow=no_airflow_path
+    )
+    bad = run_cli(sync_args(pagent_emulator, warehouse, "--api", "v3"), cwd=tmp_path, no_airflow=no_airflow_path)
+
+    assert first.returncode == 0, first.stderr
+    assert parse_json(first.stdout)["sent"] == ROWS
+    assert {record.path for record in pagent_emulator.requests()} == {"/v2/conversions/bulk"}
+    assert all("session_data" in accepted.event for accepted in pagent_emulator.accepted())
+    assert as_v1.returncode == 0, as_v1.stderr
+    assert parse_json(as_v1.stdout)["already_sent"] == ROWS and parse_json(as_v1.stdout)["sent"] == 0
+    assert len(pagent_emulator.events()) == ROWS
+    assert bad.returncode == 2 and "invalid choice: 'v3'" in bad.stderr
+
+
 def test_reconcile_finds_what_a_stopped_run_left_and_nothing_once_it_is_delivered(
     pagent_emulator: IngestEmulator, warehouse: str, tmp_path: Path, no_airflow_path: Path
 ) -> None:

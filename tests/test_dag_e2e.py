@@ -174,11 +174,12 @@ def small_warehouse(tmp_path, monkeypatch) -> pd.DataFrame:
     return frame
 
 
-def dag_with_retries(retries: int):
+def dag_with_retries(retries: int, api: str = "v1"):
     dag = load_dag(ROOT / "dags", DAG_ID, retries=retries)
     for task in dag.tasks:
         task.retry_delay = timedelta(seconds=0.2)
         task.retry_exponential_backoff = False
+        task.api = api
     return dag
 
 
@@ -193,11 +194,15 @@ def test_wrong_key_fails_the_task_without_burning_retries(small_warehouse, pagen
     assert pagent_emulator.events() == []
 
 
-def test_lost_answer_is_resent_by_airflows_retry(small_warehouse, pagent_emulator, monkeypatch):
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_lost_answer_is_resent_by_airflows_retry(small_warehouse, pagent_emulator, monkeypatch, api):
     monkeypatch.setenv("AIRFLOW_CONN_PAGENT_DEFAULT", pagent_emulator.airflow_connection_json())
     pagent_emulator.faults = Faults(drop_every=3)  # the 3rd request is stored, then its answer is lost
 
-    run = run_dag(dag_with_retries(2), DAY_1 + timedelta(days=1), task_id="sync_purchases")
+    run = run_dag(dag_with_retries(2, api), DAY_1 + timedelta(days=1), task_id="sync_purchases")
+
+    paths = {record.path for record in pagent_emulator.requests()}
+    assert paths == {"/v1/conversions" if api == "v1" else "/v2/conversions/bulk"}
 
     assert run.state == "success"  # try 1 failed with an unknown outcome, try 2 resent it
     received = [e["session_id"] for e in pagent_emulator.events()]

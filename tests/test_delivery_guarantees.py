@@ -15,6 +15,9 @@ properties), not by the engine's own summary.
   PostgreSQL ledger deliver each row exactly once;
 * a row the server refuses inside a batch of 100 is isolated and recorded,
   the other 99 are delivered.
+
+The fault tests run through both ingest APIs (``api="v1"`` and the v2 bulk
+endpoint): the guarantees must not depend on the endpoint.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ from pagent_provider.core.ledger import Ledger
 from pagent_provider.core.sync import SyncSummary
 from pagent_provider.exceptions import PagentDeliveryError, PagentUnknownOutcomeError
 from pagent_provider.testing import Faults, IngestEmulator
+from pagent_provider.core.client import V1_PATH, V2_BULK_PATH
 from pagent_provider.testing.emulator import NO_RESPONSE
 from pagent_provider.testing.sample_warehouse import generate_conversions, load_conversions
 
 WORKER_PATH = Path(__file__).parent / "workers" / "sync_worker.py"
+API_PATHS = {"v1": V1_PATH, "v2": V2_BULK_PATH}
 START = datetime(2026, 1, 1)
 DAY = timedelta(days=1)
 DAYS = 4
@@ -72,6 +77,14 @@ def fill_warehouse(engine: sa.Engine, rows: int, *, seed: int = 7) -> pd.DataFra
 def ids_between(frame: pd.DataFrame, start: datetime, end: datetime) -> set[int]:
     inside = (frame["converted_at"] >= pd.Timestamp(start)) & (frame["converted_at"] < pd.Timestamp(end))
     return set(frame.loc[inside, "order_id"].tolist())
+
+
+BOTH_APIS = pytest.mark.parametrize("api", ["v1", "v2"])
+
+
+def posted_paths(emulator: IngestEmulator) -> set[str]:
+    """The paths the run's batches went to."""
+    return {record.path for record in emulator.requests() if record.method == "POST"}
 
 
 def received(emulator: IngestEmulator) -> Counter[int]:
@@ -263,9 +276,10 @@ def test_a_sync_killed_mid_run_is_completed_by_the_next_run(
 # --------------------------------------------------------------------------- lost answers
 
 
+@BOTH_APIS
 @pytest.mark.parametrize("policy", ["resend", "skip"])
 def test_a_lost_answer_is_unknown_stops_the_run_and_the_next_run_honours_the_policy(
-    sqlite_engine, pagent_emulator, policy
+    sqlite_engine, pagent_emulator, policy, api
 ):
     frame = fill_warehouse(sqlite_engine, 1000)
     every_id = set(frame["order_id"].tolist())
@@ -273,7 +287,7 @@ def test_a_lost_answer_is_unknown_stops_the_run_and_the_next_run_honours_the_pol
 
     # whatever the policy, the run stops at the first lost answer (after draining what is in flight)
     with pytest.raises(PagentUnknownOutcomeError, match="stopped there") as raised:
-        sync_once(sqlite_engine, pagent_emulator, policy=policy)
+        sync_once(sqlite_engine, pagent_emulator, policy=policy, api=api)
     first = raised.value.summary  # type: ignore[attr-defined]
     dropped = [record for record in pagent_emulator.requests() if record.status == NO_RESPONSE]
     lost = sum(record.n_events for record in dropped)
@@ -287,7 +301,8 @@ def test_a_lost_answer_is_unknown_stops_the_run_and_the_next_run_honours_the_pol
     assert lost <= in_flight_bound
 
     pagent_emulator.faults = Faults()
-    second = sync_once(sqlite_engine, pagent_emulator, policy=policy)
+    second = sync_once(sqlite_engine, pagent_emulator, policy=policy, api=api)
+    assert posted_paths(pagent_emulator) == {API_PATHS[api]}
     counts = received(pagent_emulator)
     assert set(counts) == every_id, "rows lost"
     if policy == "resend":
@@ -304,27 +319,29 @@ def test_a_lost_answer_is_unknown_stops_the_run_and_the_next_run_honours_the_pol
 # --------------------------------------------------------------------------- server errors and rate limits
 
 
-def test_every_third_request_failing_with_500_still_delivers_each_row_once(sqlite_engine, pagent_emulator):
+@BOTH_APIS
+def test_every_third_request_failing_with_500_still_delivers_each_row_once(sqlite_engine, pagent_emulator, api):
     frame = fill_warehouse(sqlite_engine, 1500)
     pagent_emulator.faults = Faults(fail_every=3)
-    summary = sync_once(sqlite_engine, pagent_emulator)
+    summary = sync_once(sqlite_engine, pagent_emulator, api=api)
+    assert posted_paths(pagent_emulator) == {API_PATHS[api]}
     assert received(pagent_emulator) == Counter(frame["order_id"].tolist())
     assert summary.sent == 1500
     assert sum(record.status == 500 for record in pagent_emulator.requests()) >= 5
 
 
 @pytest.mark.parametrize(
-    ("retry_after", "every", "rows"),
-    [("0", 2, 1500), ("1", 3, 800)],
-    ids=["retry-after-0-every-2nd", "retry-after-1-every-3rd"],
+    ("retry_after", "every", "rows", "api"),
+    [("0", 2, 1500, "v1"), ("1", 3, 800, "v1"), ("0", 2, 1500, "v2")],
+    ids=["retry-after-0-every-2nd", "retry-after-1-every-3rd", "v2-retry-after-0-every-2nd"],
 )
 def test_429_storms_still_deliver_each_row_once_and_retry_after_is_honoured(
-    sqlite_engine, pagent_emulator, retry_after, every, rows
+    sqlite_engine, pagent_emulator, retry_after, every, rows, api
 ):
     frame = fill_warehouse(sqlite_engine, rows)
     pagent_emulator.faults = Faults(rate_limit_every=every, retry_after=retry_after)
     # every k-th request of the whole run is refused, so one request may meet several 429s in a row
-    summary = sync_once(sqlite_engine, pagent_emulator, max_retries=25)
+    summary = sync_once(sqlite_engine, pagent_emulator, max_retries=25, api=api)
     assert received(pagent_emulator) == Counter(frame["order_id"].tolist())
     assert summary.sent == rows
     records = pagent_emulator.requests()
@@ -401,8 +418,10 @@ def test_four_processes_syncing_overlapping_intervals_deliver_each_row_exactly_o
 # --------------------------------------------------------------------------- a refused row
 
 
-@pytest.mark.parametrize("max_invalid_rows", [0, 1])
-def test_one_refused_row_in_a_batch_of_100_is_isolated_and_recorded(sqlite_engine, pagent_emulator, max_invalid_rows):
+@pytest.mark.parametrize(("max_invalid_rows", "api"), [(0, "v1"), (1, "v1"), (1, "v2")])
+def test_one_refused_row_in_a_batch_of_100_is_isolated_and_recorded(
+    sqlite_engine, pagent_emulator, max_invalid_rows, api
+):
     frame = fill_warehouse(sqlite_engine, 100)
     bad = frame.iloc[37]
     assert (frame["session_id"] == bad["session_id"]).sum() == 1
@@ -412,10 +431,11 @@ def test_one_refused_row_in_a_batch_of_100_is_isolated_and_recorded(sqlite_engin
 
     if max_invalid_rows == 0:
         with pytest.raises(PagentDeliveryError, match="1 refused rows exceed max_invalid_rows=0") as raised:
-            sync_once(sqlite_engine, pagent_emulator, max_invalid_rows=0)
+            sync_once(sqlite_engine, pagent_emulator, max_invalid_rows=0, api=api)
         summary = raised.value.summary  # type: ignore[attr-defined]
     else:
-        summary = sync_once(sqlite_engine, pagent_emulator, max_invalid_rows=1).as_dict()
+        summary = sync_once(sqlite_engine, pagent_emulator, max_invalid_rows=1, api=api).as_dict()
+    assert posted_paths(pagent_emulator) == {API_PATHS[api]}
 
     good_ids = set(frame["order_id"].tolist()) - {int(bad["order_id"])}
     assert received(pagent_emulator) == Counter(good_ids)

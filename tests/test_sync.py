@@ -67,7 +67,7 @@ def test_bisection_isolates_exactly_the_refused_rows(client, emulator, data):
     refused = data.draw(st.sets(st.integers(min_value=0, max_value=size - 1), max_size=4), label="refused")
     emulator.faults = Faults(refuse=lambda e: "unknown session" if int(e["session_id"][1:]) in refused else None)
 
-    outcome = deliver_batch(client, pending(size), claim_id="c")
+    outcome = deliver_batch(client.send_encoded_v1, pending(size), claim_id="c")
 
     assert sorted(int(e.key[1:]) for e, _ in outcome.refused) == sorted(refused)
     assert all(message.endswith("unknown session") for _, message in outcome.refused)

@@ -208,6 +208,13 @@ def add_sync_command(commands: argparse._SubParsersAction) -> None:  # type: ign
         help="concurrent requests (default %(default)s)",
     )
     delivery.add_argument(
+        "--api",
+        choices=defaults.INGEST_APIS,
+        default=defaults.API,
+        help="the ingest API: v1 (POST /v1/conversions) or v2 (POST /v2/conversions/bulk, session "
+        "variables and visit_id in session_data); the ledger serves both (default %(default)s)",
+    )
+    delivery.add_argument(
         "--dry-run",
         action="store_true",
         help="read, transform and validate everything; send nothing and write nothing to the ledger "

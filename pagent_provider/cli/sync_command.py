@@ -29,8 +29,8 @@ from pagent_provider.cli.output import render_json, render_table, summary_docume
 from pagent_provider.cli.parser import PROG
 from pagent_provider.cli.sources import ledger_engine, open_source
 from pagent_provider.cli.terminal import ProgressLine, StatusLine, sync_progress_text
+from pagent_provider.core.apis import EncodedSender
 from pagent_provider.core.client import PagentClient
-from pagent_provider.core.delivery import V1Sender
 from pagent_provider.core.ledger import Ledger
 from pagent_provider.core.metrics import metrics_of
 from pagent_provider.core.owner import ClaimOwner
@@ -68,7 +68,7 @@ def run_sync(args: argparse.Namespace, line: StatusLine) -> int:
         source = open_source(args, cleanup)
         ledger = build_ledger(args, cleanup)
         if api_key is None:
-            sender: V1Sender = DryRunSender()
+            sender: EncodedSender = DryRunSender()
         else:
             sender = cleanup.enter_context(
                 PagentClient(api_key, base_url=base_url, policy=policy, pool_size=args.max_workers)
@@ -340,6 +340,7 @@ def build_sync_options(args: argparse.Namespace) -> SyncOptions:
         max_workers=args.max_workers,
         max_invalid_rows=args.max_invalid_rows,
         dry_run=args.dry_run,
+        api=args.api,
     )
 
 
@@ -368,3 +369,5 @@ class DryRunSender:
     def send_encoded_v1(self, body: bytes, count: int) -> dict[str, Any]:
         """Never called in a dry run; refuses loudly if it ever is."""
         raise RuntimeError("a dry run must not send anything")
+
+    send_encoded_v2_bulk = send_encoded_v1

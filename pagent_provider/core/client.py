@@ -181,7 +181,11 @@ class PagentClient:
     def send_conversions_v2_bulk(self, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """POST 1 to 100 v2 events (``{session_data, label?, revenue?, properties?, time?}``)."""
         validated = validate_v2_events(events)
-        return self.transport.post(self.base_url + V2_BULK_PATH, encode_json({"events": validated}), len(validated))
+        return self.send_encoded_v2_bulk(encode_json({"events": validated}), len(validated))
+
+    def send_encoded_v2_bulk(self, body: bytes, count: int) -> dict[str, Any]:
+        """POST an already validated and encoded v2 bulk body of ``count`` events (the sync engine's fast path)."""
+        return self.transport.post(self.base_url + V2_BULK_PATH, body, count)
 
     def verify_api_key(self) -> None:
         """Check the key and the base URL without recording a conversion; one attempt, no retries.

@@ -21,3 +21,6 @@ MAX_RETRIES = 5
 READ_TIMEOUT_S = 30.0
 #: How long a run waits, at its end, for rows another live run is sending.
 CLAIMED_ELSEWHERE_WAIT_S = 60.0
+#: The ingest API batches go to: "v1" (top-level session variables) or "v2" (bulk, session_data).
+API = "v1"
+INGEST_APIS = ("v1", "v2")

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-from pagent_provider.core.encoding import v1_body
+from pagent_provider.core.apis import SendEncoded
+from pagent_provider.core.encoding import batch_body
 from pagent_provider.exceptions import (
     PagentDeliveryError,
     PagentError,
@@ -26,14 +26,6 @@ from pagent_provider.exceptions import (
     PagentUnknownOutcomeError,
     PagentValidationError,
 )
-
-
-class V1Sender(Protocol):
-    """Anything that POSTs an encoded v1 body, such as :class:`~pagent_provider.core.client.PagentClient`."""
-
-    def send_encoded_v1(self, body: bytes, count: int) -> dict[str, Any]:
-        """POST ``body`` holding ``count`` events; return the acknowledgement or raise."""
-        ...
 
 
 class RefusalBudget:
@@ -74,8 +66,9 @@ class PendingEvent:
 
     Attributes:
         key: its ledger key.
-        content_hash: hash of ``encoded``.
-        encoded: canonical JSON of the event.
+        content_hash: hash of the canonical JSON of the event in the v1 shape,
+            whichever API sends it (see :mod:`pagent_provider.core.apis`).
+        encoded: canonical JSON of the event as the API it goes to takes it.
         row: where it came from (key value or row number), for reject reports.
     """
 
@@ -101,9 +94,9 @@ class BatchOutcome:
 
 
 def deliver_batch(
-    sender: V1Sender, events: list[PendingEvent], claim_id: str | None, budget: RefusalBudget | None = None
+    send: SendEncoded, events: list[PendingEvent], claim_id: str | None, budget: RefusalBudget | None = None
 ) -> BatchOutcome:
-    """Send ``events`` as one v1 request, bisecting on 400/413; never raises.
+    """Send ``events`` as one request through ``send``, bisecting on 400/413; never raises.
 
     Once a request fails for a reason other than a refusal (auth, rate limit
     exhausted, server down, unknown outcome, an answer that is not an
@@ -111,19 +104,19 @@ def deliver_batch(
     failed. ``budget`` bounds the bisection (unbounded when ``None``).
     """
     outcome = BatchOutcome(claim_id=claim_id)
-    _deliver_into(sender, events, outcome, budget or RefusalBudget(len(events)))
+    _deliver_into(send, events, outcome, budget or RefusalBudget(len(events)))
     return outcome
 
 
-def _deliver_into(sender: V1Sender, events: list[PendingEvent], outcome: BatchOutcome, budget: RefusalBudget) -> None:
+def _deliver_into(send: SendEncoded, events: list[PendingEvent], outcome: BatchOutcome, budget: RefusalBudget) -> None:
     if outcome.error is not None or outcome.unknown:
         outcome.failed.extend(events)  # stop sending once something went definitely wrong
         return
     outcome.requests += 1
     try:
-        answer = sender.send_encoded_v1(v1_body([event.encoded for event in events]), len(events))
+        answer = send(batch_body([event.encoded for event in events]), len(events))
     except PagentValidationError as error:
-        _bisect(sender, events, outcome, budget, error)
+        _bisect(send, events, outcome, budget, error)
         return
     except PagentUnacknowledgedError as error:
         # a 2xx that acknowledges nothing: those events' fate is unknown, and a
@@ -153,7 +146,7 @@ def _deliver_into(sender: V1Sender, events: list[PendingEvent], outcome: BatchOu
 
 
 def _bisect(
-    sender: V1Sender,
+    send: SendEncoded,
     events: list[PendingEvent],
     outcome: BatchOutcome,
     budget: RefusalBudget,
@@ -170,5 +163,5 @@ def _bisect(
         budget.refuse()
         return
     middle = len(events) // 2
-    _deliver_into(sender, events[:middle], outcome, budget)
-    _deliver_into(sender, events[middle:], outcome, budget)
+    _deliver_into(send, events[:middle], outcome, budget)
+    _deliver_into(send, events[middle:], outcome, budget)

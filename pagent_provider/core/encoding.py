@@ -51,6 +51,6 @@ def ledger_key(key: str) -> str:
     return "blake2b:" + hashlib.blake2b(key.encode(), digest_size=32).hexdigest()
 
 
-def v1_body(encoded_events: Sequence[str]) -> bytes:
-    """A v1 request body from already encoded events."""
+def batch_body(encoded_events: Sequence[str]) -> bytes:
+    """A v1 or v2 bulk request body (both are ``{"events": [...]}``) from already encoded events."""
     return ('{"events":[' + ",".join(encoded_events) + "]}").encode()

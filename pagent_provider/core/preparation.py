@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from pagent_provider.core.apis import IngestApi, v2_event
 from pagent_provider.core.delivery import PendingEvent
 from pagent_provider.core.encoding import ENCODING_ERRORS, content_hash, encode_event, ledger_key
 from pagent_provider.core.events import event_json_problem
@@ -51,12 +52,17 @@ class ChunkPreparer:
         transform: how rows become events.
         ledger: asked which keys pagent already has (``None``: no ledger).
         dry_run: in a dry run the ledger is only read, and only if it exists.
+        api: the API the events go to; their content hash is that of the v1
+            event either way, so a ledger serves both.
     """
 
-    def __init__(self, transform: TransformConfig, ledger: Ledger | None, *, dry_run: bool) -> None:
+    def __init__(
+        self, transform: TransformConfig, ledger: Ledger | None, *, dry_run: bool, api: IngestApi = "v1"
+    ) -> None:
         self.transform = transform
         self.ledger = ledger
         self.dry_run = dry_run
+        self.api = api
         self._rows_seen = 0
 
     def prepare(self, chunk: pd.DataFrame) -> PreparedChunk:
@@ -66,7 +72,7 @@ class ChunkPreparer:
         row_offset = self._rows_seen
         transformed = transform_chunk(chunk, self.transform, row_offset=row_offset)
         self._rows_seen += transformed.rows
-        pending, unencodable = self._encode(transformed, row_offset)
+        pending, unencodable = self._encode(transformed, row_offset, self.api)
         prepared = PreparedChunk(
             pending=[],
             rows=transformed.rows,
@@ -78,13 +84,16 @@ class ChunkPreparer:
         return prepared
 
     @staticmethod
-    def _encode(transformed: TransformedChunk, row_offset: int) -> tuple[list[PendingEvent], list[RowReject]]:
-        """Encode each event once; an event that cannot be encoded becomes a reject of its row.
+    def _encode(
+        transformed: TransformedChunk, row_offset: int, api: IngestApi
+    ) -> tuple[list[PendingEvent], list[RowReject]]:
+        """Encode each event once (v2: also in its v2 shape); an event that cannot be encoded becomes a reject.
 
         The ``try`` costs nothing until an event fails (zero-cost exceptions),
         so the common case stays one C-level encode and hash per event.
         """
         keys = transformed.keys
+        visit_ids = getattr(transformed, "visit_ids", None)
         pending = []
         rejects = []
         for index, event in enumerate(transformed.events):
@@ -92,6 +101,8 @@ class ChunkPreparer:
             try:
                 encoded = encode_event(event)
                 digest = content_hash(encoded)
+                if api == "v2":
+                    encoded = encode_event(v2_event(event, visit_ids[index] if visit_ids is not None else None))
             except ENCODING_ERRORS as error:
                 row = source_key if source_key is not None else f"row {row_offset + transformed.positions[index]}"
                 rejects.append(_unencodable(row, event, error))

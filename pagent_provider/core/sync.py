@@ -18,8 +18,9 @@ from typing import Any
 import pandas as pd
 
 from pagent_provider.core import defaults
+from pagent_provider.core.apis import EncodedSender, IngestApi, check_api, send_function
 from pagent_provider.core.batching import batched
-from pagent_provider.core.delivery import BatchOutcome, PendingEvent, RefusalBudget, V1Sender, deliver_batch
+from pagent_provider.core.delivery import BatchOutcome, PendingEvent, RefusalBudget, deliver_batch
 from pagent_provider.core.events import MAX_EVENTS_PER_REQUEST
 from pagent_provider.core.ledger import Ledger, RejectRecord
 from pagent_provider.core.preparation import ChunkPreparer, PreparedChunk, prepare_ahead
@@ -57,6 +58,8 @@ class SyncOptions:
         claimed_elsewhere_wait_s: at the end of a run, how long to wait for rows
             that another live run was sending to be confirmed sent (or released,
             then sent by this run) before failing with a retriable error.
+        api: the ingest API the batches go to, ``"v1"`` or ``"v2"`` (bulk);
+            see :mod:`pagent_provider.core.apis`.
     """
 
     batch_size: int = defaults.BATCH_SIZE
@@ -66,8 +69,10 @@ class SyncOptions:
     progress_interval_s: float = 30.0
     reject_examples: int = 10
     claimed_elsewhere_wait_s: float = defaults.CLAIMED_ELSEWHERE_WAIT_S
+    api: IngestApi = defaults.API
 
     def __post_init__(self) -> None:
+        check_api(self.api)
         if not 1 <= self.batch_size <= MAX_EVENTS_PER_REQUEST:
             raise PagentConfigError(f"batch_size must be 1 to {MAX_EVENTS_PER_REQUEST}, got {self.batch_size}")
         if self.max_workers < 1:
@@ -136,7 +141,7 @@ class ConversionSync:
     """Uploads DataFrame chunks of warehouse rows to pagent, each conversion once.
 
     Args:
-        sender: the pagent client (anything with ``send_encoded_v1``).
+        sender: the pagent client (anything with ``send_encoded_v1`` and ``send_encoded_v2_bulk``).
         transform: how rows become events.
         options: batching, concurrency and limits.
         ledger: the delivery ledger; ``None`` sends without deduplication.
@@ -145,7 +150,7 @@ class ConversionSync:
 
     def __init__(
         self,
-        sender: V1Sender,
+        sender: EncodedSender,
         transform: TransformConfig,
         options: SyncOptions | None = None,
         ledger: Ledger | None = None,
@@ -234,7 +239,7 @@ class ConversionSync:
     # --- reading and preparing ---------------------------------------------
 
     def _sync_chunks(self, chunks: Iterable[pd.DataFrame], pool: ThreadPoolExecutor) -> None:
-        preparer = ChunkPreparer(self.transform, self.ledger, dry_run=self.options.dry_run)
+        preparer = ChunkPreparer(self.transform, self.ledger, dry_run=self.options.dry_run, api=self.options.api)
         prepared_chunks = prepare_ahead(self._checked(chunks), preparer, poll_s=0.05, on_idle=self._while_reading)
         try:
             self._send_prepared(prepared_chunks, pool)
@@ -314,7 +319,9 @@ class ConversionSync:
             return  # nothing of it was claimed yet, so nothing is lost
         for claim_id, batch in self._claim(window):
             if batch:
-                future = pool.submit(deliver_batch, self.sender, batch, claim_id, self._budget)
+                future = pool.submit(
+                    deliver_batch, send_function(self.sender, self.options.api), batch, claim_id, self._budget
+                )
                 self._inflight[future] = claim_id
 
     def _claim(self, window: list[list[PendingEvent]]) -> list[tuple[str | None, list[PendingEvent]]]:

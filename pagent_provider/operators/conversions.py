@@ -11,6 +11,7 @@ from airflow.providers.common.compat.sdk import conf
 from airflow.providers.common.sql.operators.sql import BaseSQLOperator
 
 from pagent_provider.core import defaults
+from pagent_provider.core.apis import IngestApi
 from pagent_provider.core.ledger import Ledger, UnknownOutcomePolicy
 from pagent_provider.core.ledger_dialects import check_placement
 from pagent_provider.core.owner import ClaimOwner
@@ -87,6 +88,10 @@ class ConversionsOperator(BaseSQLOperator):
         (``already_sent``). It moves the rendered query parameter ``lookback_parameter``
         back (see :mod:`pagent_provider.operators.lookback`); the SQL is not changed.
     :param lookback_parameter: the query parameter holding the window's start (default ``"start"``).
+    :param api: the ingest API: ``"v1"`` (default; ``POST /v1/conversions``) or ``"v2"``
+        (``POST /v2/conversions/bulk``, the session variables and ``visit_id`` in
+        ``session_data``). Same batches, ledger, keys and content hashes: switching an
+        existing ledger from one to the other resends nothing.
     :return: the summary dict (XCom): ``rows``, ``valid``, ``invalid``, ``sent``,
         ``accepted``, ``batches``, ``duration_s``, ``dry_run``, ``already_sent``,
         ``unknown``, ``changed_after_send``, ``rejected``, ``warnings`` and more.
@@ -133,6 +138,7 @@ class ConversionsOperator(BaseSQLOperator):
         read_mode: ReadMode = "auto",
         lookback: timedelta | None = None,
         lookback_parameter: str = "start",
+        api: IngestApi = defaults.API,  # type: ignore[assignment]
         **kwargs: Any,
     ) -> None:
         super().__init__(conn_id=conn_id, **kwargs)
@@ -161,6 +167,7 @@ class ConversionsOperator(BaseSQLOperator):
         self.unknown_outcome = unknown_outcome
         self.claim_timeout = claim_timeout
         self.claimed_elsewhere_wait = claimed_elsewhere_wait
+        self.api = api
         check_read_mode(read_mode)
         self.read_mode = read_mode
         check_lookback(lookback, lookback_parameter, parameters)
@@ -196,6 +203,7 @@ class ConversionsOperator(BaseSQLOperator):
             max_invalid_rows=self.max_invalid_rows,
             dry_run=self.dry_run_only,
             claimed_elsewhere_wait_s=self.claimed_elsewhere_wait,
+            api=self.api,
         )
 
     def execute(self, context: Context) -> dict[str, Any]:

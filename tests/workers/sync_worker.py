@@ -69,6 +69,7 @@ def build_sync(
     max_invalid_rows: int = 0,
     max_retries: int = 5,
     owner: ClaimOwner | None = None,
+    api: str = "v1",
 ) -> tuple[ConversionSync, PagentClient, Ledger]:
     """The engine wired as the operator wires it (the caller closes the client)."""
     client = PagentClient(
@@ -83,7 +84,12 @@ def build_sync(
         unknown_outcome=policy,  # type: ignore[arg-type]
         claim_timeout_s=600,
     )
-    options = SyncOptions(batch_size=batch_size, max_workers=max_workers, max_invalid_rows=max_invalid_rows)
+    options = SyncOptions(
+        batch_size=batch_size,
+        max_workers=max_workers,
+        max_invalid_rows=max_invalid_rows,
+        api=api,  # type: ignore[arg-type]
+    )
     return ConversionSync(client, TRANSFORM, options, ledger=ledger), client, ledger
 
 
