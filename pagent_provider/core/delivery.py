@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pagent_provider.core.apis import SendEncoded
 from pagent_provider.core.encoding import batch_body
@@ -60,9 +61,8 @@ class RefusalBudget:
         )
 
 
-@dataclass(frozen=True)
-class PendingEvent:
-    """An event ready to send.
+class PendingEvent(NamedTuple):
+    """An event ready to send (a named tuple: one is made per row, at half a frozen dataclass's cost).
 
     Attributes:
         key: its ledger key.
