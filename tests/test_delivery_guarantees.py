@@ -38,11 +38,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from pagent_provider.core.client import V1_PATH, V2_BULK_PATH
 from pagent_provider.core.ledger import Ledger
 from pagent_provider.core.sync import SyncSummary
 from pagent_provider.exceptions import PagentDeliveryError, PagentUnknownOutcomeError
 from pagent_provider.testing import Faults, IngestEmulator
-from pagent_provider.core.client import V1_PATH, V2_BULK_PATH
 from pagent_provider.testing.emulator import NO_RESPONSE
 from pagent_provider.testing.sample_warehouse import generate_conversions, load_conversions
 

@@ -135,3 +135,29 @@ def test_an_unknown_api_is_a_config_error_naming_the_choices(api):
         check_api(api)
     with pytest.raises(PagentConfigError, match="api must be one of"):
         SyncOptions(api=api)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_visit_ids_are_sent_by_v2_and_a_v1_run_that_reads_them_warns_it_cannot(pagent_emulator, ledger_engine, api):
+    objects = [
+        '{"session_id": "s1", "user_id": "u1", "visit_id": "v_1", "conversion_id": "g"}',
+        '{"session_id": "s2", "user_id": "u2", "conversion_id": "g"}',
+    ]
+    frame = pd.DataFrame({"order_id": [1, 2], "pagent": objects, "time": [1_767_225_600_000] * 2})
+    transform = TransformConfig(key_column="order_id", session_data_column="pagent")
+
+    summary = sync(pagent_emulator, ledger_engine, frame, api, transform)
+
+    assert summary["sent"] == 2
+    sessions = [accepted.event.get("session_data") for accepted in pagent_emulator.accepted()]
+    warned = [warning for warning in summary["warnings"] if "visit_id" in warning]
+    if api == "v2":
+        assert sessions == [
+            {"session_id": "s1", "user_id": "u1", "visit_id": "v_1", "conversion_id": "g"},
+            {"session_id": "s2", "user_id": "u2", "conversion_id": "g"},
+        ]
+        assert warned == []
+    else:
+        assert sessions == [None, None]
+        assert [event["session_id"] for event in pagent_emulator.events()] == ["s1", "s2"]
+        assert warned and "api='v2'" in warned[0]

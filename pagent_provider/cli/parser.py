@@ -415,7 +415,8 @@ def add_mapping_options(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[],
         metavar="FIELD=COLUMN",
-        help="read event fields (session_id, user_id, conversion_id, label, revenue, properties, time) "
+        help="read event fields (session_id, user_id, conversion_id, label, revenue, properties, time, "
+        "and visit_id for --api v2) "
         "from differently named columns, e.g. time=converted_at revenue=amount_usd; repeatable",
     )
     mapping.add_argument(
@@ -455,6 +456,12 @@ def add_mapping_options(parser: argparse.ArgumentParser) -> None:
         dest="require_time",
         action="store_false",
         help="accept rows without a conversion time (pagent then stamps them with the upload time)",
+    )
+    mapping.add_argument(
+        "--session-data-column",
+        metavar="COLUMN",
+        help="a column holding the whole _pgnt.variables() object (JSON), read for session_id, user_id, "
+        "conversion_id and visit_id; --columns and --conversion-id override it",
     )
 
 

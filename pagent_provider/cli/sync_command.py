@@ -330,6 +330,7 @@ def build_transform_config(args: argparse.Namespace) -> TransformConfig:
         label=args.label,
         conversion_id=args.conversion_id,
         require_time=args.require_time,
+        session_data_column=args.session_data_column,
     )
 
 

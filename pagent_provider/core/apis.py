@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 from pagent_provider.core import defaults
+from pagent_provider.core.transform import TransformConfig
 from pagent_provider.exceptions import PagentConfigError
 
 IngestApi = Literal["v1", "v2"]
@@ -69,3 +70,13 @@ def v2_event(event: dict[str, Any], visit_id: str | None = None) -> dict[str, An
         session_data["visit_id"] = visit_id
     shaped["session_data"] = session_data
     return shaped
+
+
+def visit_id_dropped_warning(transform: TransformConfig, api: IngestApi) -> str | None:
+    """A warning when visit ids are read but the API cannot carry them (v1), else ``None``."""
+    if api != "v1" or (transform.session_data_column is None and "visit_id" not in transform.columns):
+        return None
+    return (
+        "visit_id is read (from the session data column or columns['visit_id']) but v1 events cannot carry it, "
+        "so it is not sent: set api='v2' (--api v2) to send it in session_data"
+    )

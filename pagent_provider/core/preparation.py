@@ -93,7 +93,7 @@ class ChunkPreparer:
         so the common case stays one C-level encode and hash per event.
         """
         keys = transformed.keys
-        visit_ids = getattr(transformed, "visit_ids", None)
+        visit_ids = transformed.visit_ids
         pending = []
         rejects = []
         for index, event in enumerate(transformed.events):

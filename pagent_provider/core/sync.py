@@ -18,11 +18,12 @@ from typing import Any
 import pandas as pd
 
 from pagent_provider.core import defaults
-from pagent_provider.core.apis import EncodedSender, IngestApi, check_api, send_function
+from pagent_provider.core.apis import EncodedSender, IngestApi, check_api, send_function, visit_id_dropped_warning
 from pagent_provider.core.batching import batched
 from pagent_provider.core.delivery import BatchOutcome, PendingEvent, RefusalBudget, deliver_batch
 from pagent_provider.core.events import MAX_EVENTS_PER_REQUEST
 from pagent_provider.core.ledger import Ledger, RejectRecord
+from pagent_provider.core.loggers import TaskLogger
 from pagent_provider.core.preparation import ChunkPreparer, PreparedChunk, prepare_ahead
 from pagent_provider.core.silent_success import date_time_warning
 from pagent_provider.core.transform import RowReject, TransformConfig
@@ -69,7 +70,7 @@ class SyncOptions:
     progress_interval_s: float = 30.0
     reject_examples: int = 10
     claimed_elsewhere_wait_s: float = defaults.CLAIMED_ELSEWHERE_WAIT_S
-    api: IngestApi = defaults.API
+    api: IngestApi = defaults.API  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         check_api(self.api)
@@ -154,7 +155,7 @@ class ConversionSync:
         transform: TransformConfig,
         options: SyncOptions | None = None,
         ledger: Ledger | None = None,
-        logger: logging.Logger | logging.LoggerAdapter | None = None,
+        logger: TaskLogger | None = None,
     ) -> None:
         self.sender = sender
         self.transform = transform
@@ -208,6 +209,9 @@ class ConversionSync:
         self._started = self._last_progress = self._last_heartbeat = time.monotonic()
         if self.transform.key_column is None:
             self.log.warning(KEY_COLUMN_WARNING)
+        dropped = visit_id_dropped_warning(self.transform, self.options.api)
+        if dropped is not None:
+            self.warn(dropped)
         if self.ledger is not None and not self.options.dry_run:
             self.ledger.create_tables()
         try:
@@ -332,7 +336,7 @@ class ConversionSync:
             [[(event.key, event.content_hash) for event in batch] for batch in window], mark_sent=sent_claims
         )
         s = self.summary
-        claimed = []
+        claimed: list[tuple[str | None, list[PendingEvent]]] = []
         for claim, batch in zip(claims, window, strict=True):
             s.already_sent += len(claim.already_sent)
             s.changed_after_send += len(claim.changed_after_send)

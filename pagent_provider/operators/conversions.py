@@ -61,6 +61,9 @@ class ConversionsOperator(BaseSQLOperator):
     :param conversion_id: a constant goal UUID for every event (replaces the column).
     :param require_time: refuse rows without a conversion time (default), since
         pagent would stamp them "now".
+    :param session_data_column: a column holding the whole ``_pgnt.variables()`` object
+        (JSON, native or as text), read for session_id, user_id, conversion_id and
+        visit_id; a constant or a ``columns`` mapping of a field overrides it.
     :param max_invalid_rows: the task fails when more rows are invalid or refused.
     :param batch_size: events per request, 1 to 100.
     :param max_workers: concurrent requests.
@@ -107,6 +110,7 @@ class ConversionsOperator(BaseSQLOperator):
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers: ClassVar[dict[str, str]] = {"sql": "sql", "parameters": "json"}
     ui_color = "#ffd166"
+    conn_id: str  # required here; BaseSQLOperator's may be None
 
     def __init__(
         self,
@@ -123,6 +127,7 @@ class ConversionsOperator(BaseSQLOperator):
         label: str | None = None,
         conversion_id: str | None = None,
         require_time: bool = True,
+        session_data_column: str | None = None,
         max_invalid_rows: int = 0,
         batch_size: int = defaults.BATCH_SIZE,
         max_workers: int = defaults.MAX_WORKERS,
@@ -153,6 +158,7 @@ class ConversionsOperator(BaseSQLOperator):
         self.event_label = label  # BaseOperator already has a `label` property
         self.conversion_id = conversion_id
         self.require_time = require_time
+        self.session_data_column = session_data_column
         self.max_invalid_rows = max_invalid_rows
         self.batch_size = batch_size
         self.max_workers = max_workers
@@ -194,6 +200,7 @@ class ConversionsOperator(BaseSQLOperator):
             label=self.event_label,
             conversion_id=self.conversion_id,
             require_time=self.require_time,
+            session_data_column=self.session_data_column,
         )
 
     def _sync_options(self) -> SyncOptions:

@@ -87,6 +87,12 @@ def _lone_surrogate_mask(strings: np.ndarray, present: np.ndarray) -> np.ndarray
     return mask
 
 
+def _numpy_dtype(values: pd.Series) -> np.dtype:
+    """The NumPy dtype of a column: a masked dtype's ``numpy_dtype`` (``Int64`` -> ``int64``), else its own."""
+    dtype: Any = getattr(values.dtype, "numpy_dtype", values.dtype)
+    return np.dtype(dtype)
+
+
 def _int_array(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (int64 values, missing mask, too-large mask) of an integer column.
 
@@ -94,7 +100,7 @@ def _int_array(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     than wrapped around.
     """
     missing = _missing(values)
-    numpy_dtype = np.dtype(getattr(values.dtype, "numpy_dtype", values.dtype))
+    numpy_dtype = _numpy_dtype(values)
     raw = values.to_numpy(dtype=numpy_dtype, na_value=0)
     too_large = np.zeros(len(raw), dtype=bool)
     if numpy_dtype.kind == "u":
@@ -109,7 +115,7 @@ def _float_array(values: pd.Series) -> np.ndarray:
     float32 values go through their shortest text: the float64 nearest to
     that text is the value as written (19.99f stays 19.99, not 19.9899997...).
     """
-    numpy_dtype = np.dtype(getattr(values.dtype, "numpy_dtype", values.dtype))
+    numpy_dtype = _numpy_dtype(values)
     raw = values.to_numpy(dtype=numpy_dtype, na_value=np.nan)
     if numpy_dtype.itemsize < 8:
         return raw.astype(str).astype(np.float64)

@@ -52,10 +52,15 @@ def case_matches(available: Sequence[object], wanted: Sequence[str]) -> dict[str
 
 
 def wanted_columns(config: TransformConfig) -> list[str]:
-    """Every column name the config may read: event fields' columns, the key column, properties columns."""
+    """Every column name the config may read: event fields' (and visit_id's) columns, the session data,
+    key and properties columns."""
     from pagent_provider.core.transform.config import EVENT_FIELDS, _constant_for
 
     names = [config.column_for(field) for field in EVENT_FIELDS if _constant_for(config, field) is None]
+    if "visit_id" in config.columns:
+        names.append(config.columns["visit_id"])
+    if config.session_data_column is not None:
+        names.append(config.session_data_column)
     if config.key_column is not None:
         names.append(config.key_column)
     names.extend(config.properties_columns or ())

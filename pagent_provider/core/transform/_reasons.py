@@ -14,6 +14,12 @@ def _new_reasons(size: int) -> np.ndarray:
     return np.full(size, None, dtype=object)
 
 
+def _is_none(values: np.ndarray) -> np.ndarray:
+    """``values == None`` elementwise, as a bool array: the rows without a reason (or value)."""
+    # numpy's stubs take no None operand, though an object array compares with it elementwise
+    return np.equal(values, None)  # type: ignore[call-overload]
+
+
 def _add_reasons(reasons: np.ndarray, mask: np.ndarray, message: Callable[[int], str]) -> None:
     """Write ``message(i)`` for each masked row that has no reason yet.
 

@@ -11,9 +11,10 @@ import pandas as pd
 
 from pagent_provider.core.transform._converted import Converted
 from pagent_provider.core.transform._names import with_config_names
-from pagent_provider.core.transform._reasons import _add_reasons, _new_reasons
+from pagent_provider.core.transform._reasons import _add_reasons, _is_none, _new_reasons
 from pagent_provider.core.transform.config import (
     EVENT_FIELDS,
+    REQUIRED_FIELDS,
     RowReject,
     TransformConfig,
     TransformedChunk,
@@ -23,6 +24,12 @@ from pagent_provider.core.transform.config import (
 from pagent_provider.core.transform.ids import ids_to_strings
 from pagent_provider.core.transform.properties import gather_properties, properties_to_json_objects
 from pagent_provider.core.transform.revenue import revenue_to_cents
+from pagent_provider.core.transform.session_data import (
+    SESSION_DATA_FIELD,
+    SESSION_DATA_KEYS,
+    SessionData,
+    destructure_session_data,
+)
 from pagent_provider.core.transform.times import _now_ms, time_to_unix_ms
 
 _CONVERSION_ID_NULL = (
@@ -66,10 +73,10 @@ def transform_chunk(
 ) -> TransformedChunk:
     """Turn one chunk of query rows into pagent v1 events and rejects.
 
-    Rows are checked field by field in a fixed order (key column, then
-    session_id, user_id, conversion_id, label, revenue, time, properties);
-    the first problem of a row becomes its :class:`RowReject`. Output keeps
-    the input order.
+    Rows are checked field by field in a fixed order (key column, then the
+    session data object, session_id, user_id, conversion_id, label, visit_id,
+    revenue, time, properties); the first problem of a row becomes its
+    :class:`RowReject`. Output keeps the input order.
 
     Args:
         df: the chunk; its index is ignored (rows are taken by position).
@@ -80,8 +87,8 @@ def transform_chunk(
             for the "not in the future" check.
 
     Returns:
-        The events of the valid rows, their keys and positions, and the
-        rejects. Every event is JSON that encodes to UTF-8: a value JSON or
+        The events of the valid rows, their keys, positions and visit ids,
+        and the rejects. Every event is JSON that encodes to UTF-8: a value JSON or
         UTF-8 cannot carry (NaN, infinity, a lone surrogate, a type JSON has
         no form for, hostile nesting) rejects its row instead.
 
@@ -101,13 +108,17 @@ def transform_chunk(
     keys = None
     if config.key_column is not None:
         keys = _key_values(df[config.key_column], config.key_column, checks)
+    session = _session_data(df, config, checks)
     for id_field in ("session_id", "user_id", "conversion_id", "label"):
         constant = _constant_for(config, id_field)
         if constant is not None:
             fields[id_field] = constant
+        elif session is not None and id_field in session.values:
+            fields[id_field] = _session_id_values(session, id_field, checks)
         elif config.column_for(id_field) in df.columns:
             column = config.column_for(id_field)
             fields[id_field] = _id_values(df[column], id_field, checks, column)
+    visit_ids = _visit_id_values(df, config, session, checks)
     if config.column_for("revenue") in df.columns:
         converted = revenue_to_cents(df[config.column_for("revenue")], config.revenue_unit)
         fields["revenue"] = _collect(converted, "revenue", checks, column=config.column_for("revenue"))
@@ -130,7 +141,12 @@ def transform_chunk(
     ]
     event_keys = keys[valid_positions].tolist() if keys is not None else None
     return TransformedChunk(
-        events=events, keys=event_keys, rejects=rejects, rows=size, positions=valid_positions.tolist()
+        events=events,
+        keys=event_keys,
+        rejects=rejects,
+        rows=size,
+        positions=valid_positions.tolist(),
+        visit_ids=visit_ids[valid_positions].tolist() if visit_ids is not None else None,
     )
 
 
@@ -151,10 +167,10 @@ def _collect(
     reasons = converted.reasons.to_numpy(dtype=object, copy=True)
     if missing_reason is not None:
         # Missing: no value and no reason of its own.
-        _add_reasons(reasons, np.equal(values, None), lambda i: missing_reason)
+        _add_reasons(reasons, _is_none(values), lambda i: missing_reason)
     if column is not None and column != event_field:
         # Per invalid row only, which are few.
-        for i in np.flatnonzero(~np.equal(reasons, None)).tolist():
+        for i in np.flatnonzero(~_is_none(reasons)).tolist():
             reasons[i] = f"column {column!r}: {reasons[i]}"
     checks.append((event_field, reasons))
     return values
@@ -176,6 +192,37 @@ def _id_values(
 ) -> np.ndarray:
     converted = ids_to_strings(values, field=id_field)
     return _collect(converted, id_field, checks, missing_reason=_MISSING_REQUIRED.get(id_field), column=column)
+
+
+def _session_data(
+    df: pd.DataFrame, config: TransformConfig, checks: list[tuple[str, np.ndarray]]
+) -> SessionData | None:
+    """The session data column destructured into the keys it is read for (those without a constant or mapping)."""
+    column = config.session_data_column
+    if column is None:
+        return None
+    keys = tuple(key for key in SESSION_DATA_KEYS if _constant_for(config, key) is None and key not in config.columns)
+    data = destructure_session_data(df[column], column, keys=keys, required=any(key in REQUIRED_FIELDS for key in keys))
+    checks.append((SESSION_DATA_FIELD, data.reasons))
+    return data
+
+
+def _session_id_values(session: SessionData, id_field: str, checks: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    if id_field in REQUIRED_FIELDS:
+        checks.append((id_field, session.missing_key_reasons(id_field)))
+    return _id_values(session.values[id_field], id_field, checks, session.column)
+
+
+def _visit_id_values(
+    df: pd.DataFrame, config: TransformConfig, session: SessionData | None, checks: list[tuple[str, np.ndarray]]
+) -> np.ndarray | None:
+    """The visit ids (str or None per row), from ``columns["visit_id"]`` or the session data; None without either."""
+    if "visit_id" in config.columns:
+        column = config.columns["visit_id"]
+        return _id_values(df[column], "visit_id", checks, column)
+    if session is not None and "visit_id" in session.values:
+        return _id_values(session.values["visit_id"], "visit_id", checks, session.column)
+    return None
 
 
 def _time_values(
@@ -221,7 +268,7 @@ def _first_problems(size: int, checks: list[tuple[str, np.ndarray]]) -> tuple[np
     reject_field: list[Any] = [None] * size
     reject_reason: list[Any] = [None] * size
     for event_field, reasons in checks:
-        new = ~np.equal(reasons, None) & ~invalid
+        new = ~_is_none(reasons) & ~invalid
         for i in np.flatnonzero(new).tolist():
             reject_field[i] = event_field
             reject_reason[i] = reasons[i]
@@ -247,7 +294,7 @@ def _assemble_events(fields: dict[str, Any], positions: np.ndarray) -> list[dict
                 event[name] = value
             continue
         values = value[positions]
-        present = ~np.equal(values, None)
+        present = ~_is_none(values)
         rows = events if present.all() else targets[present].tolist()
         for event, item in zip(rows, values[present].tolist(), strict=True):
             event[name] = item

@@ -19,6 +19,9 @@ from pagent_provider.exceptions import PagentConfigError
 EVENT_FIELDS = ("session_id", "user_id", "conversion_id", "label", "revenue", "properties", "time")
 #: The fields pagent refuses an event without.
 REQUIRED_FIELDS = ("session_id", "user_id", "conversion_id")
+#: The fields ``columns`` may map: the v1 event fields, and ``visit_id``, which
+#: only v2 carries (``session_data.visit_id``) and which is never part of the v1 event.
+MAPPABLE_FIELDS = (*EVENT_FIELDS, "visit_id")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,19 @@ class TransformConfig:
             conversion_id column.
         require_time: reject rows without a conversion time instead of letting
             pagent stamp them with the upload time.
+        session_data_column: a column holding the whole ``_pgnt.variables()``
+            object (a JSON object, native or as JSON text), destructured into
+            session_id, user_id, conversion_id and visit_id; see
+            :mod:`pagent_provider.core.transform.session_data`. Each of these
+            fields comes from, in this order of precedence: a constant
+            (``conversion_id=``), an explicit ``columns=`` mapping, this
+            object, a column named like the field. With the object, a column
+            named like the field is not read.
+
+    The optional ``visit_id`` (sent by v2 only, in ``session_data``) comes
+    from ``columns={"visit_id": ...}`` or from the session data object; a
+    column merely named ``visit_id`` is not read, so that existing v1 queries
+    selecting one keep their behaviour.
 
     Raises:
         PagentConfigError: on an unknown event field in ``columns``, an unknown
@@ -55,12 +71,15 @@ class TransformConfig:
     label: str | None = None
     conversion_id: str | None = None
     require_time: bool = True
+    session_data_column: str | None = None
 
     def __post_init__(self) -> None:
         self._validate_columns()
         self._validate_properties_columns()
-        if self.key_column is not None and (not isinstance(self.key_column, str) or not self.key_column):
-            raise PagentConfigError(f"key_column must be a non-empty column name, got {self.key_column!r}")
+        for name in ("key_column", "session_data_column"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise PagentConfigError(f"{name} must be a non-empty column name, got {value!r}")
         _check_revenue_unit(self.revenue_unit)
         _zone(self.timezone)
         for name in ("label", "conversion_id"):
@@ -75,12 +94,13 @@ class TransformConfig:
     def _validate_columns(self) -> None:
         if not isinstance(self.columns, Mapping):
             raise PagentConfigError(f"columns must map event fields to column names, got {self.columns!r}")
-        unknown = [name for name in self.columns if name not in EVENT_FIELDS]
+        unknown = [name for name in self.columns if name not in MAPPABLE_FIELDS]
         if unknown:
             raise PagentConfigError(
                 f"columns maps unknown event field(s) {', '.join(map(repr, unknown))}; "
                 f"pagent v1 events have the fields {', '.join(EVENT_FIELDS)} "
-                "(the mapping goes event field -> column, not column -> event field)"
+                "(and v2's session_data also visit_id; "
+                "the mapping goes event field -> column, not column -> event field)"
             )
         for event_field, column in self.columns.items():
             if not isinstance(column, str) or not column:
@@ -148,7 +168,7 @@ class TransformedChunk:
 
     Attributes:
         events: valid v1 events in row order, JSON-ready; fields without a
-            value are left out of the dict.
+            value are left out of the dict (``visit_id`` is never in it).
         keys: key_column values as strings, parallel to ``events``; ``None``
             when no key_column is configured.
         rejects: one entry per invalid row, in row order.
@@ -156,6 +176,10 @@ class TransformedChunk:
         positions: the 0-based position in the chunk of each event's row,
             parallel to ``events``, so that a later stage that must reject
             an event can name its row as ``"row N"``.
+        visit_ids: the visit id of each event (a string, or ``None`` where
+            the row has none), parallel to ``events``, for v2's
+            ``session_data.visit_id``; ``None`` when the config has no visit
+            id source (no ``session_data_column``, no ``columns["visit_id"]``).
     """
 
     events: list[dict[str, Any]]
@@ -163,6 +187,7 @@ class TransformedChunk:
     rejects: list[RowReject]
     rows: int
     positions: list[int] = field(default_factory=list)
+    visit_ids: list[str | None] | None = None
 
 
 # --------------------------------------------------------------------------
@@ -174,9 +199,10 @@ def check_columns(columns: Sequence[str], config: TransformConfig) -> None:
     """Check that a query result has every column the config needs.
 
     Needed are the columns of session_id and user_id, of conversion_id unless
-    it is a constant, of time when ``require_time``, of any field mapped
-    explicitly in ``config.columns``, the key column and the properties
-    columns. A needed name not in the result as written matches a column
+    it is a constant (these three not when ``session_data_column`` provides
+    them), of time when ``require_time``, of any field mapped explicitly in
+    ``config.columns``, the session data column, the key column and the
+    properties columns. A needed name not in the result as written matches a column
     that differs only in case (``SESSION_ID`` for ``session_id``) when
     exactly one does. Checking once per sync, before any row is read, turns a
     typo into one clear error instead of a million rejected rows.
@@ -220,9 +246,15 @@ def _needed_columns(config: TransformConfig) -> list[tuple[str, str]]:
         if _constant_for(config, event_field) is not None:
             continue
         required = event_field in REQUIRED_FIELDS or (event_field == "time" and config.require_time)
+        if required and event_field not in config.columns and config.session_data_column is not None:
+            continue  # the session data object holds it
         if required or event_field in config.columns:
             why = "event field " + event_field + (" (require_time=True)" if event_field == "time" else "")
             needed.append((config.column_for(event_field), why))
+    if "visit_id" in config.columns:
+        needed.append((config.columns["visit_id"], "visit_id"))
+    if config.session_data_column is not None:
+        needed.append((config.session_data_column, "session_data_column, the _pgnt.variables() object"))
     if config.key_column is not None:
         needed.append((config.key_column, "key_column"))
     needed.extend((column, "properties_columns") for column in config.properties_columns or ())

@@ -69,7 +69,8 @@ def ids_to_strings(values: pd.Series, *, field: str = "value") -> Converted:
 
 
 def _text_ids(values: pd.Series, field: str) -> tuple[np.ndarray, np.ndarray]:
-    strings = values.to_numpy(dtype=object, na_value=None, copy=True)
+    # pandas-stubs refuse na_value=None, which pandas takes (any scalar)
+    strings = values.to_numpy(dtype=object, na_value=None, copy=True)  # type: ignore[call-overload]
     # The same test as `values.str.strip() == ""`, but C-level map() over the
     # str objects we need anyway: no intermediate stripped strings, about 5x
     # faster on the default (Python-backed) str dtype.
@@ -147,7 +148,8 @@ def _id_from_number(value: Any, field: str) -> tuple[str | None, str | None]:
         finite = value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)
         if not finite:
             return None, f"{field} {_shown(value)} is not a usable id"
-        if not isinstance(value, Decimal) and value == int(value) and abs(value) >= 2**53:
+        # (np.abs: mypy joins abs() of a float or a NumPy float to object)
+        if not isinstance(value, Decimal) and value == int(value) and np.abs(value) >= 2**53:
             # An integer id column with NULLs arrives as float64, which keeps
             # only 53 bits: the digits may already be wrong, so do not send them.
             return None, (

@@ -321,7 +321,8 @@ def _nones_where(items: list[Any], mask: np.ndarray) -> list[Any]:
 def _datetimes_to_iso(values: pd.Series) -> list[str | None]:
     aware = isinstance(values.dtype, pd.DatetimeTZDtype)
     arr = (values.dt.tz_convert(None) if aware else values).to_numpy()
-    texts = np.datetime_as_string(arr, unit=_coarsest_exact_unit(arr), timezone="UTC" if aware else "naive")
+    # the stubs want a Literal unit, which the np.datetime_data fallback of _coarsest_exact_unit gives as a str
+    texts = np.datetime_as_string(arr, unit=_coarsest_exact_unit(arr), timezone="UTC" if aware else "naive")  # type: ignore[call-overload]
     return _nones_where(texts.tolist(), np.isnat(arr))
 
 

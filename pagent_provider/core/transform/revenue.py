@@ -151,7 +151,7 @@ def _float_dollars_to_cents(x: np.ndarray, reasons: np.ndarray) -> tuple[np.ndar
     ok = fast.copy()
     for i in np.flatnonzero(~fast & np.isfinite(x)):
         value, reason = _decimal_to_cents(Decimal(repr(float(x[i]))), "dollars", x[i])
-        if reason is None:
+        if value is not None:  # (cents, None) or (None, reason)
             cents[i], ok[i] = value, True
         elif reasons[i] is None:
             reasons[i] = reason
@@ -188,7 +188,7 @@ def _text_revenue(values: pd.Series, unit: RevenueUnit) -> _RevenueArrays:
     texts = values.to_numpy(dtype=object)
     for i in np.flatnonzero(rest):
         value, reason = _revenue_from_scalar(texts[i], unit)
-        if reason is None:
+        if value is not None:  # (cents, None) or, the row not being missing, (None, reason)
             cents[i], ok[i] = value, True
         else:
             reasons[i] = reason

@@ -6,7 +6,7 @@ import datetime as _dt
 import math
 import time as _time
 from decimal import ROUND_FLOOR, Decimal
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -22,8 +22,11 @@ from pagent_provider.core.transform._columns import (
     _missing,
 )
 from pagent_provider.core.transform._converted import Converted, _object_values, _series
-from pagent_provider.core.transform._reasons import _add_reasons, _new_reasons, _shown
+from pagent_provider.core.transform._reasons import _add_reasons, _is_none, _new_reasons, _shown
 from pagent_provider.exceptions import PagentConfigError
+
+if TYPE_CHECKING:
+    from pandas.api.typing import NaTType
 
 # Epoch milliseconds stored as text (SQLite columns without a type do that).
 _DIGITS_TEXT = r"[+-]?[0-9]{1,18}"
@@ -107,7 +110,7 @@ def time_to_unix_ms(values: pd.Series, timezone: str, *, now_ms: int | None = No
     now = _now_ms() if now_ms is None else int(now_ms)
     times = _read_times(values, zone)
     _check_time_range(times, now)
-    ok = times.ok & np.equal(times.reasons, None)
+    ok = times.ok & _is_none(times.reasons)
     return Converted(_series(_object_values(times.ms, ok), values.index), _series(times.reasons, values.index))
 
 
@@ -159,7 +162,12 @@ def _datetime64_to_ms(arr: np.ndarray) -> np.ndarray:
     """int64 milliseconds of a naive datetime64 array of any unit, floored (NaT gives garbage)."""
     unit, count = np.datetime_data(arr.dtype)
     ticks = arr.view(np.int64)
-    per_ms = np.timedelta64(1, "ms") / np.timedelta64(count, unit) if unit in ("us", "ns", "ps", "fs", "as") else None
+    per_ms = (
+        # the stubs want a Literal unit, np.datetime_data gives a str
+        np.timedelta64(1, "ms") / np.timedelta64(count, unit)  # type: ignore[call-overload]
+        if unit in ("us", "ns", "ps", "fs", "as")
+        else None
+    )
     if per_ms is not None:
         return np.floor_divide(ticks, int(per_ms))
     # Units of a millisecond or coarser convert exactly.
@@ -232,7 +240,7 @@ def _parse_iso_as_utc(texts: pd.Series) -> pd.Series:
     return parsed.dt.tz_convert(None)
 
 
-def _parse_one_iso(text: str) -> pd.Timestamp:
+def _parse_one_iso(text: str) -> pd.Timestamp | NaTType:
     try:
         return pd.to_datetime(text, format="ISO8601", utc=True)
     except (ValueError, TypeError, OverflowError):
@@ -319,7 +327,7 @@ def _mask(size: int, positions: list[int]) -> np.ndarray:
 
 def _check_time_range(times: _Times, now_ms: int) -> None:
     latest = now_ms + FUTURE_TOLERANCE_MS
-    readable = times.ok & np.equal(times.reasons, None)
+    readable = times.ok & _is_none(times.reasons)
     _add_reasons(times.reasons, readable & (times.ms < MIN_TIME_MS), lambda i: _too_early(times, i, latest))
     _add_reasons(times.reasons, readable & (times.ms > latest), lambda i: _too_late(times, i, now_ms, latest))
 
