@@ -8,11 +8,15 @@
 #   test in Airflow's web UI (tests/test_connection_form_browser.py). Optional
 #   here: when it cannot be installed, that test skips (and fails in CI, where
 #   PAGENT_REQUIRE_SERVICES=1), so this script only says what to install.
+# * Redis (Debian's `redis-server`, /usr/bin/redis-server): the Celery broker of
+#   tests/test_celery_scale_out.py, which starts its own server on a free port
+#   (never the one on 6379). Optional in the same way as Chromium.
 #
 # Installs only as root with apt-get; elsewhere it prints what to install.
 set -euo pipefail
 
 CHROMIUM="${PAGENT_CHROMIUM:-/usr/bin/chromium}"
+REDIS_SERVER="${PAGENT_REDIS_SERVER:-/usr/bin/redis-server}"
 
 can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 
@@ -59,6 +63,19 @@ if [ ! -x "$CHROMIUM" ]; then
     else
         echo "note: no Chromium at $CHROMIUM, so the connection-form browser test will skip." \
              "Install it (Debian: apt-get install chromium) or point PAGENT_CHROMIUM at a Chromium binary." >&2
+    fi
+fi
+
+# --- redis-server for the CeleryExecutor test (optional)
+if [ ! -x "$REDIS_SERVER" ]; then
+    if can_apt && [ "$REDIS_SERVER" = /usr/bin/redis-server ]; then
+        echo "installing redis-server, the Celery broker of the CeleryExecutor test" >&2
+        if ! apt_install redis-server; then
+            echo "could not install redis-server: the CeleryExecutor test will skip (fail in CI)" >&2
+        fi
+    else
+        echo "note: no redis-server at $REDIS_SERVER, so the CeleryExecutor test will skip." \
+             "Install it (Debian/Ubuntu: apt-get install redis-server) or point PAGENT_REDIS_SERVER at one." >&2
     fi
 fi
 

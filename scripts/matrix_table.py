@@ -27,7 +27,7 @@ README = ROOT / "README.md"
 RESULTS = ROOT / "test-artifacts" / "matrix"
 BEGIN = "<!-- compatibility-table:begin (scripts/matrix_table.py write) -->"
 END = "<!-- compatibility-table:end -->"
-LINES = ("2.11", "3.0", "3.1", "latest")
+LINES = ("2.11", "3.0", "3.1", "latest", "latest-py3.12", "latest-py3.13")
 PACKAGES = {
     "airflow": "apache-airflow",
     "task_sdk": "apache-airflow-task-sdk",
@@ -116,7 +116,7 @@ def table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        line = "latest 3.x" if r["line"] == "latest" else f"{r['line']}.x"
+        line = "latest 3.x" if r["line"].startswith("latest") else f"{r['line']}.x"
         outcome = "passed" if r["ok"] else "FAILED"
         lines.append(
             f"| {line} | {r['airflow']} | {r['sqlalchemy']} | {r['pandas']} | {r['python'].rsplit('.', 1)[0]} "

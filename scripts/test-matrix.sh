@@ -2,7 +2,7 @@
 # The version matrix: the provider's hook, operator, ledger and end-to-end DAG
 # tests on every Airflow line it supports, each in its own virtual environment.
 #
-#   scripts/test-matrix.sh                 # every line: 2.11 3.0 3.1 latest
+#   scripts/test-matrix.sh                 # every line: 2.11 3.0 3.1 latest latest-py3.12 latest-py3.13
 #   scripts/test-matrix.sh 2.11 3.0        # some of them
 #   make test-matrix                       # the same, after `make test`'s install
 #
@@ -13,7 +13,10 @@
 #      on Airflow, as a user would add the provider, and the script fails if pip
 #      changed the Airflow version (it must keep the user's Airflow);
 #   3. the representative subset ($MATRIX_TESTS) runs there.
-# `latest` is the main venv (.venv, the newest Airflow 3, installed by `make test`).
+# `latest` is the main venv (.venv, the newest Airflow 3, installed by `make test`, on
+# Python 3.11); `latest-py3.12` and `latest-py3.13` are that same Airflow on the other
+# Pythons the project declares, in venvs made with that interpreter (found on PATH or
+# under pyenv; missing, the line fails: the classifiers claim it).
 #
 # Writes test-artifacts/matrix/<line>.json (versions, counts, skip reasons, times)
 # and .xml (JUnit), then README's compatibility table is checked against them
@@ -27,6 +30,11 @@ VENVS="${MATRIX_VENVS:-$ROOT/.venvs}"
 MAIN_VENV="${VENV:-.venv}"
 RESULTS="${MATRIX_RESULTS:-$ROOT/test-artifacts/matrix}"
 START=$SECONDS
+
+step() { printf '[matrix %4ds] %s\n' "$((SECONDS - START))" "$*"; }
+die() { echo "test-matrix: FAILED: $*" >&2; exit 1; }
+
+airflow_version() { "$1/bin/python" -c 'from importlib.metadata import version; print(version("apache-airflow"))'; }
 
 # The representative subset, by file: hook, provider registration, operator and DAG
 # end to end, ledger, delivery guarantees, signals, and the compatibility checks.
@@ -54,14 +62,39 @@ PROVIDERS=(
 #   3.1: allows SQLAlchemy 2; pinned to the 2.0 series with pandas 2.2, so that the
 #        matrix covers SQLAlchemy 1.4, 2.0 and 2.1 and pandas 2.1, 2.2 and 3.
 #   latest: the main venv; SQLAlchemy 2.1 and pandas 3 there.
+#   latest-py3.12, latest-py3.13: the main venv's Airflow version on those Pythons.
 line_spec() {
     case "$1" in
         2.11) echo "apache-airflow==2.11.2" ;;
         3.0) echo "apache-airflow==3.0.6 fastapi<0.118 alembic<1.17" ;;
         3.1) echo "apache-airflow==3.1.8 sqlalchemy>=2.0,<2.1 pandas>=2.2,<2.3" ;;
+        latest-py3.*) echo "apache-airflow==$(airflow_version "$MAIN_VENV")" ;;
         *) return 1 ;;
     esac
 }
+
+# The interpreter a line's venv is made with: $PYTHON, or for latest-py3.X that Python.
+line_python() {
+    case "$1" in
+        latest-py3.*)
+            local version="${1#latest-py}" found
+            found="$(command -v "python$version" 2>/dev/null || true)"
+            if [ -z "$found" ] || ! "$found" -c '' 2>/dev/null; then  # a pyenv shim of a version not selected fails
+                found="$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/python"$version" 2>/dev/null | sort -V | tail -n 1)"
+            fi
+            [ -n "$found" ] || die "$1: no python$version on PATH or under pyenv"
+            echo "$found" ;;
+        *) echo "$PYTHON" ;;
+    esac
+}
+
+# `scripts/test-matrix.sh --requirements LINE`: a user's environment of that line, one
+# requirement a line (its spec, then the providers), for scripts/check-wheel-airflow211.sh.
+if [ "${1:-}" = --requirements ]; then
+    line_spec "${2:-}" | tr ' ' '\n' || { echo "test-matrix: unknown Airflow line ${2:-}" >&2; exit 2; }
+    printf '%s\n' "${PROVIDERS[@]}"
+    exit 0
+fi
 
 # Tests not run on a line, as "test|reason" (the reason is shown in the results).
 # None today: every test of the subset runs on every line. Add a line here, with
@@ -72,15 +105,11 @@ deselected() {
     esac
 }
 
-step() { printf '[matrix %4ds] %s\n' "$((SECONDS - START))" "$*"; }
-die() { echo "test-matrix: FAILED: $*" >&2; exit 1; }
-
-airflow_version() { "$1/bin/python" -c 'from importlib.metadata import version; print(version("apache-airflow"))'; }
 
 # Creates (or reuses) the venv of one line; prints nothing, sets INSTALL_S.
 prepare_venv() {
     local line="$1" venv="$2" spec stamp before after started
-    spec="$(line_spec "$line")" || die "unknown Airflow line $line (known: 2.11 3.0 3.1 latest)"
+    spec="$(line_spec "$line")" || die "unknown Airflow line $line (known: 2.11 3.0 3.1 latest latest-py3.12 latest-py3.13)"
     stamp="$(printf '%s\n' "$spec" "${PROVIDERS[*]}" | cat - pyproject.toml | sha256sum | cut -c1-16)"
     INSTALL_S=0
     if [ -f "$venv/.matrix-stamp" ] && [ "$(cat "$venv/.matrix-stamp")" = "$stamp" ]; then
@@ -89,7 +118,7 @@ prepare_venv() {
     fi
     started=$SECONDS
     rm -rf "$venv"
-    "$PYTHON" -m venv "$venv"
+    "$(line_python "$line")" -m venv "$venv"
     local pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
     "${pip[@]}" --upgrade pip >"$venv.log" 2>&1 || { tail -n 30 "$venv.log" >&2; die "$line: pip upgrade"; }
     # shellcheck disable=SC2086 # the spec is a list of requirements
@@ -138,7 +167,7 @@ run_line() {
 
 mkdir -p "$VENVS" "$RESULTS"
 lines=("$@")
-[ ${#lines[@]} -gt 0 ] || lines=(2.11 3.0 3.1 latest)
+[ ${#lines[@]} -gt 0 ] || lines=(2.11 3.0 3.1 latest latest-py3.12 latest-py3.13)
 failed=()
 for line in "${lines[@]}"; do
     rm -f "$RESULTS/$line".{json,xml,log,deselected}

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -408,6 +409,47 @@ def test_concurrent_requests(emulator: IngestEmulator) -> None:
     assert emulator.accepted_count == 200
     assert len(emulator.events()) == 200
     assert len(emulator.requests()) == 100
+
+
+def wait_until_idle(emulator: IngestEmulator, timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while emulator.in_flight:
+        assert time.monotonic() < deadline, f"{emulator.in_flight} requests still in flight"
+        time.sleep(0.01)
+
+
+def test_in_flight_and_peak_in_flight(emulator: IngestEmulator) -> None:
+    # Four POSTs held by the latency fault are in flight together; a hung one and a dropped
+    # one leave the count when their connection closes; 401s and inspection never count.
+    emulator.faults = Faults(latency_s=0.4)
+    assert (emulator.in_flight, emulator.peak_in_flight) == (0, 0)
+    with ThreadPoolExecutor(4) as pool:
+        posts = [pool.submit(post, emulator, V1, {"events": [v1_event(i)]}) for i in range(4)]
+        deadline = time.monotonic() + 5
+        while emulator.in_flight < 4:
+            assert time.monotonic() < deadline, emulator.in_flight
+            time.sleep(0.01)
+        assert [p.result().status_code for p in posts] == [200] * 4
+    # a handler leaves the count just after writing its answer, which the client may read first
+    wait_until_idle(emulator)
+    assert (emulator.in_flight, emulator.peak_in_flight) == (0, 4)
+    assert post(emulator, V1, {"events": [v1_event()]}, headers={}).status_code == 401
+    wait_until_idle(emulator)
+    assert emulator.peak_in_flight == 4
+
+    emulator.reset()
+    assert emulator.peak_in_flight == 0
+    emulator.faults = Faults(hang_every=1, hang_s=0.3)
+    with pytest.raises(requests.ConnectionError):
+        post(emulator, V1, {"events": [v1_event(7)]}, timeout=5)
+    emulator.faults = Faults(drop_every=1)
+    with pytest.raises(requests.ConnectionError):
+        post(emulator, V1, {"events": [v1_event(8)]}, timeout=5)
+    deadline = time.monotonic() + 5
+    while emulator.in_flight:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert emulator.peak_in_flight == 1
 
 
 # ----------------------------------------------------------------------------- faults

@@ -12,7 +12,9 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -81,7 +83,12 @@ def test_what_the_process_received_is_served_as_json(command):
         ]  # the inspection requests themselves are not recorded, and never a header (no key)
         assert KEY not in json.dumps(seen)
         # the inspection is not subject to faults: this would be the 3rd POST's 500 otherwise
-        assert requests.get(f"{url}/_emulator/summary", timeout=10).json() == {"accepted_count": 5, "requests": 3}
+        assert requests.get(f"{url}/_emulator/summary", timeout=10).json() == {
+            "accepted_count": 5,
+            "requests": 3,
+            "in_flight": 0,
+            "peak_in_flight": 1,
+        }
 
         assert requests.get(f"{url}/_emulator/nothing", timeout=10).status_code == 404
         assert requests.post(f"{url}/_emulator/events", timeout=10).status_code == 405
@@ -97,6 +104,27 @@ def test_dump_writes_what_was_received_on_exit(tmp_path: Path):
     document = json.loads(dump.read_text(encoding="utf-8"))
     assert document["accepted_count"] == 4 and len(document["events"]) == 4
     assert [r["status"] for r in document["requests"]] == [200, 400]
+
+
+def test_the_summary_counts_the_posts_in_flight_and_their_peak():
+    # Three clients at once against a 0.4 s latency: all three are in flight together, and
+    # an inspection request meanwhile neither waits for them nor counts among them.
+    with emulator_process("--latency-ms", "400") as (url, _):
+        with ThreadPoolExecutor(3) as pool:
+            posts = [
+                pool.submit(requests.post, f"{url}/v1/conversions", json=batch(1, i), headers=AUTH, timeout=10)
+                for i in range(3)
+            ]
+            deadline = time.monotonic() + 5
+            while (summary := requests.get(f"{url}/_emulator/summary", timeout=10).json())["in_flight"] < 3:
+                assert time.monotonic() < deadline, summary
+                time.sleep(0.02)
+            assert [post.result().status_code for post in posts] == [200, 200, 200]
+        summary = requests.get(f"{url}/_emulator/summary", timeout=10).json()
+        assert summary == {"accepted_count": 3, "requests": 3, "in_flight": 0, "peak_in_flight": 3}
+        # one at a time: the peak stays where it was
+        requests.post(f"{url}/v1/conversions", json=batch(1, 3), headers=AUTH, timeout=10).raise_for_status()
+        assert requests.get(f"{url}/_emulator/summary", timeout=10).json()["peak_in_flight"] == 3
 
 
 def test_the_default_port_is_clear_of_airflows_api_server():

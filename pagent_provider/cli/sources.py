@@ -26,7 +26,10 @@ from pagent_provider.core.reading import read_sql_chunks
 class RowSource(Protocol):
     """What the commands read rows from."""
 
-    mode: str
+    @property
+    def mode(self) -> str:
+        """How the rows are read: ``"sqlalchemy"`` or ``"dbapi"``."""
+        ...
 
     def read_chunks(self, sql: str, parameters: Mapping[str, Any] | None, *, chunksize: int) -> Iterator[pd.DataFrame]:
         """The query's rows in DataFrame chunks."""

@@ -356,9 +356,11 @@ def _check_count(events: Sequence[Any]) -> None:
         )
 
 
-def _check_is_object(event: Any, index: int | None, field: str = "event") -> None:
+def _check_is_object(event: Any, index: int | None, field: str = "event") -> Mapping[str, Any]:
+    """``event`` itself when it is a JSON object (a ``Mapping``); else the validation error."""
     if not isinstance(event, Mapping):
         raise _fail(index, field, f"must be an object, got {type(event).__name__}")
+    return event
 
 
 def _now_ms() -> int:
@@ -408,8 +410,7 @@ def validate_v2_event(
             ``session_data.user_id``) and the problem.
     """
     _check_is_object(event, index)
-    session_data = event.get("session_data")
-    _check_is_object(session_data, index, "session_data")
+    session_data = _check_is_object(event.get("session_data"), index, "session_data")
     for field in ID_FIELDS:
         _check_id(session_data.get(field), index, f"session_data.{field}")
     _check_optional_string(session_data.get("visit_id"), index, "session_data.visit_id")

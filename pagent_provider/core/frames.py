@@ -58,11 +58,12 @@ def frame_from_rows(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame
     for position, dtype in enumerate(frame.dtypes):
         if isinstance(dtype, pd.DatetimeTZDtype):
             # pandas.read_sql converts aware columns to UTC; one zone per column either way.
-            frame.isetitem(position, pd.to_datetime(frame.iloc[:, position], utc=True))
+            # pandas-stubs type isetitem's value without Series, which pandas takes (aligned on the index)
+            frame.isetitem(position, pd.to_datetime(frame.iloc[:, position], utc=True))  # type: ignore[arg-type]
         elif dtype == np.float64 and _may_hold_big_ints(frame.iloc[:, position]):
             exact = _exact_ints(records, position)
             if exact is not None:
-                frame.isetitem(position, pd.Series(exact, index=frame.index, dtype=object))
+                frame.isetitem(position, pd.Series(exact, index=frame.index, dtype=object))  # type: ignore[arg-type]
     return frame
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal, TypeGuard
 
 import pandas as pd
 import sqlalchemy as sa
@@ -27,8 +27,11 @@ from sqlalchemy.engine.default import DefaultDialect
 from pagent_provider.core import defaults
 from pagent_provider.core.frames import frame_from_rows
 
+#: A PEP 249 paramstyle SQLAlchemy compiles to.
+ParamStyle = Literal["qmark", "numeric", "named", "format", "pyformat", "numeric_dollar"]
+
 #: The PEP 249 paramstyles SQLAlchemy compiles to.
-PARAMSTYLES = ("qmark", "numeric", "named", "format", "pyformat", "numeric_dollar")
+PARAMSTYLES: tuple[ParamStyle, ...] = ("qmark", "numeric", "named", "format", "pyformat", "numeric_dollar")
 
 
 def read_dbapi_chunks(
@@ -99,7 +102,7 @@ def to_paramstyle(
         ValueError: on an unknown paramstyle.
         sqlalchemy.exc.InvalidRequestError: a placeholder has no value.
     """
-    if paramstyle not in PARAMSTYLES:
+    if not _is_paramstyle(paramstyle):
         raise ValueError(f"unknown DB-API paramstyle {paramstyle!r}; expected one of {', '.join(PARAMSTYLES)}")
     clause = sa.text(sql)
     compiled = clause.compile(dialect=_dialect(paramstyle))
@@ -111,7 +114,11 @@ def to_paramstyle(
     return compiled.string, [values[name] for name in compiled.positiontup]
 
 
-def _dialect(paramstyle: str) -> DefaultDialect:
+def _is_paramstyle(style: str) -> TypeGuard[ParamStyle]:
+    return style in PARAMSTYLES
+
+
+def _dialect(paramstyle: ParamStyle) -> DefaultDialect:
     # The generic dialect: nothing driver-specific, only the placeholder syntax
     # and, for the format styles, "%" doubled in the text.
     return DefaultDialect(paramstyle=paramstyle)

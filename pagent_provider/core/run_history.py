@@ -81,6 +81,7 @@ import sqlalchemy as sa
 from pagent_provider.core import defaults
 from pagent_provider.core.ledger import Ledger, _table_parts, now_ms, storable
 from pagent_provider.core.ledger_dialects import ledger_dialect
+from pagent_provider.core.loggers import TaskLogger
 from pagent_provider.core.owner import ClaimOwner
 from pagent_provider.exceptions import PagentInterruptedError
 
@@ -382,7 +383,7 @@ class RunHistory:
         engine: sa.Engine,
         ledger_table_name: str = defaults.LEDGER_TABLE,
         *,
-        logger: logging.Logger | logging.LoggerAdapter | None = None,
+        logger: TaskLogger | None = None,
     ) -> None:
         self.engine = engine
         self.database = ledger_dialect(engine.dialect.name)
@@ -534,7 +535,7 @@ class RunHistory:
         return rows
 
 
-def _run_row(row: Mapping[str, Any]) -> RunRow:
+def _run_row(row: sa.RowMapping) -> RunRow:
     fields = {name: row[name] for name in RunRow.__dataclass_fields__ if name != "counts"}
     counts = {name: row[column] for name, column in COUNT_COLUMNS.items()}
     return RunRow(**fields, counts=counts)

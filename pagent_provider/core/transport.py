@@ -567,10 +567,10 @@ class Transport:
             max=self.policy.backoff_max_s,
             jitter=self.policy.backoff_initial_s,
         )(retry_state)
-        pauses_everyone = isinstance(failure, _RetryLater) and (
+        # a Retry-After, or a rate limit, pauses every sender (the condition inline, so mypy narrows failure)
+        if isinstance(failure, _RetryLater) and (
             failure.retry_after_s is not None or isinstance(failure.final, PagentRateLimitError)
-        )
-        if pauses_everyone:
+        ):
             delay = failure.retry_after_s if failure.retry_after_s is not None else backoff
             delay = min(delay, self.policy.backoff_max_s)
             self.gate.close_for(delay)  # every sender waits, not just this one

@@ -36,7 +36,8 @@ def as_airflow_failure(error: PagentFatalError) -> PagentFatalError:
     """Re-type a fatal pagent error so that Airflow fails the task without retrying it."""
     if isinstance(error, AirflowFailException):
         return error
-    fail_fast = _fail_fast_class(type(error)).__new__(_fail_fast_class(type(error)))
+    # mypy takes type(error) for an unhashable type[...] (it is hashable: a class)
+    fail_fast = _fail_fast_class(type(error)).__new__(_fail_fast_class(type(error)))  # type: ignore[arg-type]
     fail_fast.__dict__.update(error.__dict__)
     fail_fast.args = error.args
     return fail_fast
@@ -72,7 +73,7 @@ def base_url_from_connection(host: str | None, port: int | None, schema: str | N
     return f"{url}:{port}" if port else url
 
 
-def _extra_field(extra: Mapping[str, Any], name: str, default: float) -> Any:
+def _extra_field(extra: Mapping[str, Any], name: str, default: Any) -> Any:
     """An extra of the connection, as any supported Airflow's UI may have stored it.
 
     Forms of Airflow < 3.2 (the legacy widgets) may store an emptied field as ``""``

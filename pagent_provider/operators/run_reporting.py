@@ -15,7 +15,6 @@ None of these may fail a delivery: each one that fails is logged and skipped.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -25,6 +24,7 @@ from airflow.providers.common.compat.sdk import Stats
 
 from pagent_provider.core import metrics
 from pagent_provider.core.ledger import Ledger
+from pagent_provider.core.loggers import TaskLogger
 from pagent_provider.core.run_history import RunHistory, RunRow, RunStart, outcome_of
 from pagent_provider.core.silent_success import RECENT_RUNS, same_task, zero_rows_warning
 from pagent_provider.core.sync import ConversionSync
@@ -50,7 +50,7 @@ def reporting(
     ledger: Ledger | None,
     context: Mapping[str, Any],
     params: Mapping[str, Any] | None,
-    log: logging.Logger | logging.LoggerAdapter,
+    log: TaskLogger,
     *,
     window_start: datetime | None = None,
 ) -> Iterator[None]:

@@ -89,7 +89,7 @@ def read_xcom(dag_id: str, run_id: str, task_id: str, key: str = "return_value")
             filters["session"] = session  # Airflow 2.11 and 3.0 build a legacy Query on a session
         query = XComModel.get_many(**filters)
         # a legacy Query (Airflow 2.11, 3.0) or a 2.0-style Select (3.1+)
-        row = query.first() if hasattr(query, "first") else session.scalars(query).first()
+        row: Any = query.first() if hasattr(query, "first") else session.scalars(query).first()
         if row is None:
             return None
         # Airflow 2.11 deserializes the value as the row loads; Airflow 3 on request

@@ -217,7 +217,11 @@ class _Handler(BaseHTTPRequestHandler):
             if self.command != "POST":
                 self._answer_error(405, f"method {self.command} not allowed on {path}", headers=(("Allow", "POST"),))
                 return
-            self._post(emulator, path, body)
+            emulator._begin_post()
+            try:
+                self._post(emulator, path, body)
+            finally:
+                emulator._end_post()
         except _NoAnswer:
             self.close_connection = True
         except OSError:
@@ -476,6 +480,8 @@ class IngestEmulator(BackgroundServer):
         self._requests: list[RequestRecord] = []
         self._accepted_count = 0
         self._post_counter = 0
+        self._in_flight = 0
+        self._peak_in_flight = 0
 
         self._connections: set[socket.socket] = set()
         self._connections_changed = threading.Condition(threading.Lock())
@@ -605,15 +611,51 @@ class IngestEmulator(BackgroundServer):
         with self._lock:
             return self._accepted_count
 
+    @property
+    def in_flight(self) -> int:
+        """POSTs to a conversions endpoint being handled right now (fast-sink mode included).
+
+        A request counts from the moment its body has been read until its answer
+        is written, or until its connection is closed without one (drop and hang
+        faults): the latency fault's wait, validation and storing are inside.
+        Inspection requests and answers to unknown paths or other methods never
+        count.
+        """
+        with self._lock:
+            return self._in_flight
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most :attr:`in_flight` POSTs there have been at once since the start or :meth:`reset`.
+
+        How many concurrent requests the clients sent, as pagent would see them:
+        e.g. the bound that Airflow pools put on the tasks of many workers.
+        """
+        with self._lock:
+            return self._peak_in_flight
+
     def reset(self) -> None:
-        """Forget accepted events, request records and the fault counter."""
+        """Forget accepted events, request records, the fault counter and the peak in flight.
+
+        The peak starts again from the POSTs still in flight.
+        """
         with self._lock:
             self._accepted.clear()
             self._requests.clear()
             self._accepted_count = 0
             self._post_counter = 0
+            self._peak_in_flight = self._in_flight
 
     # -- internals used by the handler
+
+    def _begin_post(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+
+    def _end_post(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def _next_post_number(self) -> int:
         with self._lock:

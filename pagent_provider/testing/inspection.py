@@ -12,7 +12,10 @@ and demos that start it as a process (``python -m pagent_provider.testing``,
     "received_at"}, ...]}`` (:meth:`IngestEmulator.requests`; never a header,
     so never a key).
 ``GET /_emulator/summary``
-    ``{"accepted_count": n, "requests": n}``, cheap enough to poll.
+    ``{"accepted_count": n, "requests": n, "in_flight": n, "peak_in_flight": n}``,
+    cheap enough to poll: ``in_flight`` is the number of POSTs to a conversions
+    endpoint being handled at this moment, ``peak_in_flight`` the most there have
+    been at once (:attr:`IngestEmulator.in_flight`, :attr:`IngestEmulator.peak_in_flight`).
 
 These answer without an API key (the emulator listens on 127.0.0.1 by
 default), whatever fault is configured, and are not recorded as requests,
@@ -35,10 +38,15 @@ PREFIX = "/_emulator/"
 
 
 def snapshot(emulator: IngestEmulator) -> dict[str, Any]:
-    """Everything the emulator received: accepted count, events (v1 shape), requests."""
+    """Everything the emulator received: accepted count, peak in flight, events (v1 shape), requests."""
     events = emulator.events()
     requests = [asdict(record) for record in emulator.requests()]
-    return {"accepted_count": emulator.accepted_count, "events": events, "requests": requests}
+    return {
+        "accepted_count": emulator.accepted_count,
+        "peak_in_flight": emulator.peak_in_flight,
+        "events": events,
+        "requests": requests,
+    }
 
 
 def inspection_document(emulator: IngestEmulator, path: str) -> dict[str, Any] | None:
@@ -51,7 +59,12 @@ def inspection_document(emulator: IngestEmulator, path: str) -> dict[str, Any] |
         requests = [asdict(record) for record in emulator.requests()]
         return {"count": len(requests), "requests": requests}
     if name == "summary":
-        return {"accepted_count": emulator.accepted_count, "requests": len(emulator.requests())}
+        return {
+            "accepted_count": emulator.accepted_count,
+            "requests": len(emulator.requests()),
+            "in_flight": emulator.in_flight,
+            "peak_in_flight": emulator.peak_in_flight,
+        }
     return None
 
 

@@ -8,7 +8,7 @@ keep-alive connection starts at the right byte. Only the standard library is use
 from __future__ import annotations
 
 from email.message import Message
-from typing import BinaryIO
+from io import BufferedIOBase
 
 __all__ = ["ClientGone", "read_request_body"]
 
@@ -20,7 +20,7 @@ class ClientGone(Exception):
     """The client closed the connection before sending the whole body."""
 
 
-def read_request_body(headers: Message, rfile: BinaryIO) -> bytes | None:
+def read_request_body(headers: Message, rfile: BufferedIOBase) -> bytes | None:
     """Read the body of the request whose headers were just parsed.
 
     Args:
@@ -52,8 +52,8 @@ def read_request_body(headers: Message, rfile: BinaryIO) -> bytes | None:
     return data
 
 
-def _read_chunked(rfile: BinaryIO) -> bytes | None:
-    parts = []
+def _read_chunked(rfile: BufferedIOBase) -> bytes | None:
+    parts: list[bytes] = []
     while True:
         line = rfile.readline(_MAX_LINE)
         if not line:

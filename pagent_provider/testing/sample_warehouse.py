@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -77,7 +78,8 @@ def load_conversions(
     if replace:
         metadata.drop_all(engine, tables=[target], checkfirst=True)
     metadata.create_all(engine, tables=[target], checkfirst=True)
-    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    # the column names are conversions_table()'s, all str
+    records = cast(list[dict[str, Any]], frame.astype(object).where(frame.notna(), None).to_dict("records"))
     for record in records:
         record["converted_at"] = record["converted_at"].to_pydatetime()
     with engine.begin() as conn:
