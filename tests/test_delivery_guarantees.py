@@ -415,6 +415,40 @@ def test_four_processes_syncing_overlapping_intervals_deliver_each_row_exactly_o
         engine.dispose()
 
 
+def test_a_retry_beside_an_orphaned_earlier_try_still_sending_sends_nothing_twice(
+    sqlite_url, sqlite_engine, pagent_emulator, children
+):
+    """A lost Celery worker can leave its task process running, orphaned, while the scheduler starts try 2."""
+    frame = fill_warehouse(sqlite_engine, 2000)
+    pagent_emulator.faults = Faults(latency_s=0.05)
+    common = {
+        "warehouse_url": sqlite_url,
+        "ledger_url": sqlite_url,
+        "emulator_url": pagent_emulator.url,
+        "start": START.isoformat(),
+        "end": END.isoformat(),
+        "max_workers": 2,
+        "batch_size": 50,
+        "chunksize": 200,
+        "task": "backfill/sync_partition/manual__1/3",
+    }
+    orphan, orphan_result = children.start("try1", **common, try_number=1)
+    wait_until(lambda: len(pagent_emulator.events()) >= 300, timeout_s=60, what="try 1 to be well under way")
+    retry, retry_result = children.start("try2", **common, try_number=2)
+
+    assert retry.wait(timeout=120) == 0, children.log("try2")
+    assert orphan.wait(timeout=120) == 0, children.log("try1")
+
+    counts = received(pagent_emulator)
+    assert counts == Counter(frame["order_id"].tolist()), (
+        f"duplicates: {sum(c - 1 for c in counts.values())}, missing: {len(set(frame['order_id']) - set(counts))}"
+    )
+    first, second = (json.loads(path.read_text())["summary"] for path in (orphan_result, retry_result))
+    assert first["sent"] + second["sent"] == 2000
+    assert first["sent"] >= 300 and second["unknown_resent"] == 0
+    assert ledger_of(sqlite_engine).count_by_status() == {"sent": 2000}
+
+
 # --------------------------------------------------------------------------- a refused row
 
 

@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from pagent_provider.core.ledger import CLAIMED, SENT, UNKNOWN, ClaimResult, Ledger, RejectRecord, now_ms
-from pagent_provider.core.owner import ClaimOwner, process_is_alive
+from pagent_provider.core.owner import ClaimOwner, process_is_alive, silence_ms
 
 NAMESPACE = "pagent_default"
 POLICIES = ["resend", "skip"]
@@ -283,7 +283,14 @@ def test_a_zombie_owner_counts_as_gone(tmp_path, sleeping_child):
         engine.dispose()
 
 
-def test_claim_of_an_earlier_try_of_the_same_task_instance_is_taken_over(engine):
+def age_heartbeats(ledger: Ledger, by_ms: int) -> None:
+    """Move every claim's last heartbeat ``by_ms`` into the past, as if its owner had gone quiet."""
+    t = ledger.table
+    with ledger.engine.begin() as conn:
+        conn.execute(t.update().where(t.c.namespace == ledger.namespace).values(heartbeat_at=t.c.heartbeat_at - by_ms))
+
+
+def test_claim_of_an_earlier_try_of_the_same_task_instance_is_taken_over_once_it_is_silent(engine):
     task = "d/t/r/-1"
     first_try = make_ledger(engine, owner=ClaimOwner(task=task, try_number=1))
     first_try.claim(entries(keys(10)))
@@ -291,7 +298,14 @@ def test_claim_of_an_earlier_try_of_the_same_task_instance_is_taken_over(engine)
     other_task = make_ledger(engine, owner=ClaimOwner(task="d/other/r/-1", try_number=2)).claim(entries(keys(10)))
     assert other_task.claimed == set() and sorted(other_task.claimed_elsewhere) == keys(10)
 
+    # A later try while the earlier one still heartbeats: an orphaned task process of a lost
+    # Celery worker, still sending. Its claims are left alone.
     second_try = make_ledger(engine, owner=ClaimOwner(task=task, try_number=2))
+    early = second_try.claim(entries(keys(10)))
+    assert early.claimed == set() and sorted(early.claimed_elsewhere) == keys(10)
+
+    # Silent for two heartbeat intervals (60 s of the default 600 s claim timeout): gone.
+    age_heartbeats(first_try, silence_ms(600) + 1000)
     result = second_try.claim(entries(keys(10)))
     assert result.claimed == result.unknown_taken_over == set(keys(10))
     assert {row.owner_try for row in rows_of(second_try, keys(10)).values()} == {2}

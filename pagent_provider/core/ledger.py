@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from pagent_provider.core import defaults
 from pagent_provider.core.ledger_dialects import LedgerDialect, ledger_dialect
 from pagent_provider.core.ledger_retry import LedgerRetry
-from pagent_provider.core.owner import ClaimOwner
+from pagent_provider.core.owner import ClaimOwner, silence_ms
 from pagent_provider.exceptions import PagentConfigError, PagentLedgerError
 
 log = logging.getLogger(__name__)
@@ -662,7 +662,8 @@ class Ledger:
             return False
         if row.heartbeat_at < stamp - self.claim_timeout_ms:
             return True
-        return self.owner.outlived(row.owner_host, row.owner_pid, row.owner_task, row.owner_try)
+        silent = row.heartbeat_at < stamp - silence_ms(self.claim_timeout_ms / 1000)
+        return self.owner.outlived(row.owner_host, row.owner_pid, row.owner_task, row.owner_try, silent=silent)
 
     def _swap_claims(
         self, rows: Sequence[LedgerRow], extra_params: dict[str, dict[str, str]], **values: object

@@ -24,6 +24,7 @@ from pagent_provider.core.delivery import BatchOutcome, PendingEvent, RefusalBud
 from pagent_provider.core.events import MAX_EVENTS_PER_REQUEST
 from pagent_provider.core.ledger import Ledger, RejectRecord
 from pagent_provider.core.loggers import TaskLogger
+from pagent_provider.core.owner import heartbeat_interval_s
 from pagent_provider.core.preparation import ChunkPreparer, PreparedChunk, prepare_ahead
 from pagent_provider.core.silent_success import date_time_warning
 from pagent_provider.core.transform import RowReject, TransformConfig
@@ -475,7 +476,7 @@ class ConversionSync:
     def _heartbeat_interval(self) -> float:
         if self.ledger is None:
             return 30.0
-        return max(0.05, min(30.0, self.ledger.claim_timeout_ms / 4000))
+        return heartbeat_interval_s(self.ledger.claim_timeout_ms / 1000)
 
     def _heartbeat_if_due(self) -> None:
         now = time.monotonic()

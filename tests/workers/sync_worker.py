@@ -125,6 +125,8 @@ def main(config_file: str) -> int:
         policy=config.get("policy", "resend"),
         max_workers=config.get("max_workers", 4),
         batch_size=config.get("batch_size", 100),
+        # an Airflow task instance's try, when the test plays one
+        owner=ClaimOwner(task=config["task"], try_number=config["try_number"]) if config.get("task") else None,
     )
     if config.get("ready_file"):
         Path(config["ready_file"]).write_text(str(os.getpid()))
