@@ -43,7 +43,7 @@ test: $(VENV)/.installed-test lint
 test-matrix: $(VENV)/.installed-test
 	PYTHON=$(PYTHON) VENV=$(VENV) scripts/test-matrix.sh $(MATRIX_LINES)
 
-lint: $(VENV)/.installed-test
+lint: $(VENV)/.installed-test typecheck
 	$(VENV)/bin/ruff check pagent_provider tests dags scripts benchmarks docs
 
 # mypy on pagent_provider; its settings are pyproject.toml's [tool.mypy]

@@ -9,6 +9,7 @@ stores: the same table definition, amounts as SQLAlchemy binds them on SQLite
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -112,8 +113,8 @@ class Warehouses:
 
 
 @contextmanager
-def postgres_database(admin_url: str = POSTGRES_ADMIN_URL) -> Iterator[sa.Engine]:
-    """A new, empty PostgreSQL database, dropped on exit."""
+def scratch_database(admin_url: str, *, drop_suffix: str = "") -> Iterator[sa.Engine]:
+    """A new, empty database on the server of ``admin_url``, dropped on exit (``DROP DATABASE ... drop_suffix``)."""
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     name = f"pagent_bench_{uuid.uuid4().hex[:12]}"
     try:
@@ -125,9 +126,14 @@ def postgres_database(admin_url: str = POSTGRES_ADMIN_URL) -> Iterator[sa.Engine
         finally:
             engine.dispose()
             with admin.connect() as conn:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{drop_suffix}")
     finally:
         admin.dispose()
+
+
+def postgres_database(admin_url: str = POSTGRES_ADMIN_URL) -> contextlib.AbstractContextManager[sa.Engine]:
+    """A new, empty PostgreSQL database, dropped on exit (even with connections left open)."""
+    return scratch_database(admin_url, drop_suffix=" WITH (FORCE)")
 
 
 def postgres_reachable(admin_url: str = POSTGRES_ADMIN_URL) -> str | None:
@@ -149,8 +155,8 @@ def warm_sqlite(engine: sa.Engine) -> None:
         conn.exec_driver_sql(f"SELECT count(*), sum(length(session_id)) FROM {TABLE}").fetchall()
 
 
-def select_rows(rows: int | None) -> str:
-    """The benchmark query: the first ``rows`` orders (all with ``None``)."""
+def select_rows(rows: int | None, offset: int = 0) -> str:
+    """The benchmark query: ``rows`` orders after the first ``offset`` (all with ``None``)."""
     if rows is None:
         return f"SELECT * FROM {TABLE}"
-    return f"SELECT * FROM {TABLE} LIMIT {int(rows)}"
+    return f"SELECT * FROM {TABLE} LIMIT {int(rows)}" + (f" OFFSET {int(offset)}" if offset else "")

@@ -32,6 +32,12 @@ def sqlite_ledger(path: Path) -> Ledger:
     return Ledger(sa.create_engine(f"sqlite:///{path}"), namespace=NAMESPACE)
 
 
+def postgres_ledger(database: sa.Engine, table: str) -> Ledger:
+    """A ledger in table ``table`` of the PostgreSQL database of ``database`` (its own engine and pool)."""
+    engine = sa.create_engine(database.url, pool_size=2)
+    return Ledger(engine, namespace=NAMESPACE, table_name=table)
+
+
 def _sync(
     source: sa.Engine,
     sql: str,
@@ -82,6 +88,14 @@ def sync_rerun(
     return _sync(source, sql, base_url, workers=workers, ledger=ledger, cap_s=cap_s)
 
 
-def sync_concurrent(source: sa.Engine, sql: str, base_url: str, *, workers: int, cap_s: float | None = None) -> Timing:
-    """A sync without the ledger at ``workers`` concurrent requests (for the latency sweep)."""
-    return _sync(source, sql, base_url, workers=workers, ledger=None, cap_s=cap_s)
+def sync_concurrent(
+    source: sa.Engine,
+    sql: str,
+    base_url: str,
+    *,
+    workers: int,
+    cap_s: float | None = None,
+    ledger: Ledger | None = None,
+) -> Timing:
+    """A sync at ``workers`` concurrent requests (the latency rows), without the ledger unless given one."""
+    return _sync(source, sql, base_url, workers=workers, ledger=ledger, cap_s=cap_s)

@@ -1,20 +1,26 @@
-"""Profile the sync's hot path on the overhead run (SQLite source, fast sink, ledger + validation on).
+"""Profile the sync's hot path on the overhead run (SQLite source, fast sink, validation on), every thread.
 
 Usage::
 
-    python -m benchmarks.hotpath [--rows 1000000] [--ledger on|off] [--cap-seconds S] [--out DIR]
+    python -m benchmarks.hotpath [--rows 1000000] [--ledger sqlite|postgresql|off] [--workers 4]
+                                 [--latency-ms 0] [--interval-ms 2] [--cap-seconds S] [--out DIR]
 
-Runs one sync under pyinstrument (the main thread, which reads, transforms,
-encodes, hashes, claims and hands batches to the senders) and writes
-``profile-ledger-<on|off>.txt`` (the call tree), ``.html`` (interactive) and
-``.json`` (the breakdown below), and prints the time spent in each part of the
-pipeline in percent of the sync's total:
+A sampler thread reads every thread's Python stack with
+:func:`sys._current_frames` every ``--interval-ms`` while one sync runs: the
+main thread (claims, marks, hand-off to the senders), the ``pagent-prepare``
+helper (reading the next chunk, transform, encoding, hashing, the ledger
+lookup of sent keys), the ``pagent-send`` senders (HTTP) and any other. It
+writes ``profile-ledger-<kind>.txt`` (per thread: the share of each part of
+the pipeline and the top functions), ``.json`` (the same, as data) and
+``.collapsed`` (one line per distinct stack, ``thread;frame;...;frame count``,
+for flame-graph tools such as speedscope or flamegraph.pl).
 
-reading, transform_chunk, JSON encoding, hashing, ledger statements (claim,
-mark_sent, lookup), thread hand-off (waiting for senders), the engine's own
-bookkeeping, and the rest. The sender threads are not sampled: their HTTP
-work shows up only as time the main thread spends waiting for them, or
-waiting for the GIL inside whatever it was doing.
+A sample says where a thread IS, not whether it runs: a thread blocked in C
+(a socket read, a lock, a database call) shows the Python frame that called
+it. Samples whose innermost frame is a known blocking call (a lock or
+condition wait, a socket read, the pool's idle wait) count as "waiting". A
+thread shown running may still be waiting for the GIL; the sampler itself
+takes it briefly at each sample (about 2% at 2 ms).
 """
 
 from __future__ import annotations
@@ -23,167 +29,270 @@ import argparse
 import json
 import sys
 import tempfile
+import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import datagen, engine_runs
+from benchmarks import datagen, engine_runs, ledgers
 from benchmarks.sink import SinkProcess
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
-# (category, test on (class name, function, file)); the first category that
-# matches a frame takes the frame's whole time, its callees included.
-Rule = tuple[str, Callable[[str, str, str], bool]]
+#: One frame as sampled: (file name, qualified function name, line).
+Frame = tuple[str, str, int]
+Stack = tuple[Frame, ...]
+
+# (category, test on (qualified function name, file)); walking a stack from the
+# outermost frame, the first category that matches takes the sample, except
+# that the engine's bookkeeping gives way to a more specific category deeper down.
+Rule = tuple[str, Callable[[str, str], bool]]
+BOOKKEEPING = "engine bookkeeping (sync loop, dedupe, batching, summary)"
 RULES: tuple[Rule, ...] = (
-    ("reading: read_sql_chunks (fetch + DataFrame)", lambda c, f, p: f == "read_sql_chunks"),
-    ("transform_chunk (columns -> event dicts, validation)", lambda c, f, p: f in ("transform_chunk", "check_columns")),
-    ("JSON encoding: encode_event", lambda c, f, p: f == "encode_event"),
-    ("hashing: content_hash / ledger_key", lambda c, f, p: f in ("content_hash", "ledger_key")),
-    ("ledger: claim", lambda c, f, p: c == "Ledger" and f == "claim"),
-    ("ledger: mark_sent", lambda c, f, p: c == "Ledger" and f == "mark_sent"),
-    ("ledger: lookup (skip already sent)", lambda c, f, p: c == "Ledger" and f == "lookup"),
-    ("ledger: other (create_tables, heartbeat, ...)", lambda c, f, p: c == "Ledger"),
+    ("reading: read_sql_chunks (fetch + DataFrame)", lambda q, p: q.endswith("read_sql_chunks")),
+    ("transform_chunk (columns -> event dicts, validation)", lambda q, p: q.split(".")[-1] in ("transform_chunk",)),
+    ("JSON encoding: encode_event", lambda q, p: q.endswith("encode_event")),
+    ("hashing: content_hash / ledger_key", lambda q, p: q.split(".")[-1] in ("content_hash", "ledger_key")),
+    ("ledger: claim (claim_batches)", lambda q, p: q.startswith("Ledger.claim")),
+    ("ledger: mark sent", lambda q, p: q.startswith("Ledger.mark_")),
+    ("ledger: lookup (sent_hashes, lookup)", lambda q, p: q in ("Ledger.sent_hashes", "Ledger.lookup")),
+    ("ledger: other (create_tables, heartbeat, ...)", lambda q, p: q.startswith("Ledger.")),
+    ("HTTP: deliver_batch (senders)", lambda q, p: q.endswith("deliver_batch")),
     (
         "thread hand-off: waiting for senders / submit / shutdown",
-        lambda c, f, p: (
-            (f == "wait" and "concurrent" in p)
-            or (c == "ThreadPoolExecutor" and f in ("submit", "shutdown", "__exit__"))
+        lambda q, p: (
+            (q.endswith("wait") and "concurrent" in p)
+            or q in ("ThreadPoolExecutor.submit", "ThreadPoolExecutor.shutdown", "Executor.__exit__")
         ),
     ),
     (
-        "engine bookkeeping (PendingEvent, dedupe, batching, summary)",
-        lambda c, f, p: c in ("ConversionSync", "PendingEvent") or f in ("_encode", "_drop_duplicates", "_batches"),
+        BOOKKEEPING,
+        lambda q, p: (
+            q.startswith(("ConversionSync.", "ChunkPreparer.", "PendingEvent."))
+            or q.split(".")[-1] in ("_drop_duplicates", "_batches", "prepare_ahead")
+        ),
     ),
 )
-OTHER = "other (imports, logging, interpreter)"
+OTHER = "other (interpreter, logging, libraries)"
+WAITING = "waiting (blocked: lock, condition, socket, idle pool)"
+# innermost Python frames that block in C
+_BLOCKING = {
+    ("threading.py", "Condition.wait"),
+    ("threading.py", "Event.wait"),
+    ("threading.py", "Thread._wait_for_tstate_lock"),
+    ("threading.py", "Semaphore.acquire"),
+    ("socket.py", "SocketIO.readinto"),
+    ("selectors.py", "EpollSelector.select"),
+    ("selectors.py", "PollSelector.select"),
+    ("selectors.py", "SelectSelector.select"),
+    ("queue.py", "Queue.get"),
+    ("thread.py", "_worker"),
+    ("ssl.py", "SSLSocket.read"),
+    ("ssl.py", "SSLSocket.recv_into"),
+}
 
 
-def _categorise(root: Any) -> tuple[dict[str, float], dict[str, float]]:
-    """Time per category, and self time per function (``file:function``), under ``root``."""
-    categories: dict[str, float] = defaultdict(float)
-    functions: dict[str, float] = defaultdict(float)
+class ThreadSampler:
+    """Samples the stack of every thread but its own every ``interval_s`` seconds.
 
-    def function_self_times(frame: Any) -> None:
-        # pyinstrument keeps a frame's own time in synthetic "[self]" children.
-        real = [child for child in frame.children if not child.is_synthetic]
-        own = frame.time - sum(child.time for child in real)
-        where = f"{Path(frame.file_path or '?').name}:{frame.line_no}"
-        functions[f"{frame.class_name + '.' if frame.class_name else ''}{frame.function} ({where})"] += own
-        for child in real:
-            function_self_times(child)
+    Attributes:
+        samples: how many times each ``(thread group, stack)`` was seen.
+    """
 
-    def walk(frame: Any, owner: str | None) -> None:
-        if owner is None or owner.startswith("engine bookkeeping"):
-            for category, test in RULES:
-                if test(frame.class_name or "", frame.function or "", frame.file_path or ""):
-                    if owner is None or category != owner:
-                        owner = category
-                    break
-        if owner is not None and not owner.startswith("engine bookkeeping"):
-            categories[owner] += frame.time
-            return
-        own = frame.time - sum(child.time for child in frame.children)
-        categories[owner or OTHER] += own
-        for child in frame.children:
-            walk(child, owner)
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+        self.samples: Counter[tuple[str, Stack]] = Counter()
+        self.ticks = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hotpath-sampler", daemon=True)
 
-    walk(root, None)
-    function_self_times(root)
-    return dict(categories), dict(functions)
+    def __enter__(self) -> ThreadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = threading.get_ident()
+        while not self._stop.wait(self.interval_s):
+            names = {thread.ident: thread.name for thread in threading.enumerate()}
+            self.ticks += 1
+            for ident, frame in sys._current_frames().items():
+                if ident != me:
+                    self.samples[(thread_group(names.get(ident, "?")), _stack(frame))] += 1
 
 
-def _find(frame: Any, function: str) -> Any | None:
-    if frame.function == function:
-        return frame
-    for child in frame.children:
-        found = _find(child, function)
-        if found is not None:
-            return found
-    return None
+def thread_group(name: str) -> str:
+    """The sync's threads by role: main, pagent-prepare, pagent-send (all senders together), other."""
+    if name == "MainThread":
+        return "main"
+    if name.startswith("pagent-send"):
+        return "pagent-send (senders)"
+    if name.startswith("pagent-prepare"):
+        return "pagent-prepare (next chunk)"
+    return "other threads"
 
 
-def profile_sync(rows: int, *, ledger_on: bool, cap_s: float | None, out: Path) -> dict[str, Any]:
-    from pyinstrument import Profiler
+def _stack(frame: FrameType | None) -> Stack:
+    frames: list[Frame] = []
+    while frame is not None:
+        code = frame.f_code
+        frames.append((Path(code.co_filename).name, code.co_qualname, frame.f_lineno))
+        frame = frame.f_back
+    return tuple(reversed(frames))
 
-    with tempfile.TemporaryDirectory(prefix="pagent-profile-") as scratch:
+
+def categorise(stack: Stack) -> str:
+    """The category of one sample (see :data:`RULES`), or :data:`WAITING` for a blocked thread."""
+    if stack and (stack[-1][0], stack[-1][1]) in _BLOCKING:
+        return WAITING
+    owner: str | None = None
+    for file, qualname, _ in stack:
+        if owner is not None and owner != BOOKKEEPING:
+            break
+        for category, test in RULES:
+            if test(qualname, file):
+                if category != BOOKKEEPING or owner is None:
+                    owner = category
+                break
+    return owner or OTHER
+
+
+def breakdown(samples: Counter[tuple[str, Stack]]) -> dict[str, Any]:
+    """Per thread group: samples, the share of each category, and the top innermost functions."""
+    groups: dict[str, dict[str, Any]] = {}
+    by_group: dict[str, Counter[tuple[str, Stack]]] = defaultdict(Counter)
+    for (group, stack), count in samples.items():
+        by_group[group][(group, stack)] += count
+    for group, counts in sorted(by_group.items()):
+        total = sum(counts.values())
+        categories: Counter[str] = Counter()
+        leaves: Counter[str] = Counter()
+        for (_, stack), count in counts.items():
+            categories[categorise(stack)] += count
+            if stack:
+                file, qualname, line = stack[-1]
+                leaves[f"{qualname} ({file}:{line})"] += count
+        groups[group] = {
+            "samples": total,
+            "categories_pct": {name: round(n / total * 100, 1) for name, n in categories.most_common()},
+            "top_innermost_pct": {name: round(n / total * 100, 1) for name, n in leaves.most_common(20)},
+        }
+    return groups
+
+
+def collapsed(samples: Counter[tuple[str, Stack]]) -> Iterator[str]:
+    """Flame-graph input: ``group;file:function;...  count`` per distinct stack (lines dropped)."""
+    merged: Counter[str] = Counter()
+    for (group, stack), count in samples.items():
+        merged[";".join([group, *(f"{file}:{qualname}" for file, qualname, _ in stack)])] += count
+    for line, count in sorted(merged.items()):
+        yield f"{line} {count}"
+
+
+def profile_sync(
+    rows: int,
+    *,
+    ledger_kind: str,
+    cap_s: float | None,
+    out: Path,
+    interval_s: float = 0.002,
+    workers: int = 4,
+    latency_s: float = 0.0,
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="pagent-profile-") as scratch, ExitStack() as stack:
         workdir = Path(scratch)
         print(f"generating and loading {rows:,} rows", flush=True)
         source = datagen.load_sqlite(workdir / "warehouse.db", datagen.make_rows(rows))
+        stack.callback(source.dispose)
         datagen.warm_sqlite(source)
-        ledger = engine_runs.sqlite_ledger(workdir / "ledger.db") if ledger_on else None
-        with SinkProcess() as sink:
-            profiler = Profiler(interval=0.001)
-            print(f"profiling the sync (ledger {'on' if ledger_on else 'off'})", flush=True)
-            started = time.perf_counter()
-            profiler.start()
-            if ledger is not None:
-                timing = engine_runs.sync_ledger_on(source, datagen.select_rows(rows), sink.url, ledger, cap_s=cap_s)
-            else:
-                timing = engine_runs.sync_ledger_off(source, datagen.select_rows(rows), sink.url, cap_s=cap_s)
-            profiler.stop()
-            wall = time.perf_counter() - started
-        source.dispose()
+        ledger = None
+        if ledger_kind == "sqlite":
+            ledger = engine_runs.sqlite_ledger(workdir / "ledger.db")
+        elif ledger_kind == "postgresql":
+            ledger = engine_runs.postgres_ledger(stack.enter_context(datagen.postgres_database()), "pagent_ledger")
         if ledger is not None:
-            ledger.engine.dispose()
-
-    session = profiler.last_session
-    root = _find(session.root_frame(), "run") or session.root_frame()
-    categories, functions = _categorise(root)
-    total = root.time
-    suffix = "on" if ledger_on else "off"
+            ledger.create_tables()
+            stack.callback(ledgers.drop, ledger)
+        sink = stack.enter_context(SinkProcess(latency_s=latency_s))
+        print(f"profiling the sync (ledger: {ledger_kind}), every thread", flush=True)
+        started = time.perf_counter()
+        with ThreadSampler(interval_s) as sampler:
+            timing = engine_runs._sync(
+                source, datagen.select_rows(rows), sink.url, workers=workers, ledger=ledger, cap_s=cap_s
+            )
+        wall = time.perf_counter() - started
+    groups = breakdown(sampler.samples)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"profile-ledger-{suffix}.txt").write_text(profiler.output_text(unicode=True, color=False, show_all=False))
-    (out / f"profile-ledger-{suffix}.html").write_text(profiler.output_html())
-    breakdown = {
+    stem = out / f"profile-ledger-{ledger_kind}"
+    result = {
         "rows": timing.rows,
         "capped": timing.capped,
-        "ledger": ledger_on,
-        "sync_seconds": round(total, 3),
+        "ledger": ledger_kind,
+        "workers": workers,
+        "latency_ms": latency_s * 1000,
+        "sync_seconds": round(timing.seconds, 3),
         "wall_seconds_profiled": round(wall, 3),
         "events_per_s_profiled": round(timing.events / wall, 1),
-        "categories_pct": {
-            name: round(seconds / total * 100, 1) for name, seconds in sorted(categories.items(), key=lambda kv: -kv[1])
-        },
-        "top_self_time_pct": {
-            name: round(seconds / total * 100, 1)
-            for name, seconds in sorted(functions.items(), key=lambda kv: -kv[1])[:25]
-        },
+        "interval_ms": interval_s * 1000,
+        "ticks": sampler.ticks,
+        "threads": groups,
     }
-    (out / f"profile-ledger-{suffix}.json").write_text(json.dumps(breakdown, indent=2) + "\n")
-    return breakdown
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    Path(f"{stem}.collapsed").write_text("\n".join(collapsed(sampler.samples)) + "\n")
+    Path(f"{stem}.txt").write_text(format_breakdown(result, top=20) + "\n")
+    return result
 
 
-def format_breakdown(breakdown: dict[str, Any]) -> str:
+def format_breakdown(result: dict[str, Any], top: int = 10) -> str:
     lines = [
-        f"sync of {breakdown['rows']:,} rows, ledger {'on' if breakdown['ledger'] else 'off'}: "
-        f"{breakdown['sync_seconds']:.1f}s under the profiler ({breakdown['events_per_s_profiled']:,.0f} ev/s)"
-        + (" [capped]" if breakdown["capped"] else ""),
-        "share of the main thread's time:",
+        f"sync of {result['rows']:,} rows, ledger {result['ledger']}, {result['workers']} workers, sink latency "
+        f"{result['latency_ms']:g} ms: {result['sync_seconds']:.1f}s under the "
+        f"sampler ({result['events_per_s_profiled']:,.0f} ev/s), {result['ticks']:,} samples of every thread "
+        f"every {result['interval_ms']:g} ms" + (" [capped]" if result["capped"] else ""),
     ]
-    lines += [f"  {pct:5.1f}%  {name}" for name, pct in breakdown["categories_pct"].items()]
-    lines.append("top functions by self time:")
-    lines += [f"  {pct:5.1f}%  {name}" for name, pct in list(breakdown["top_self_time_pct"].items())[:15]]
+    for group, data in result["threads"].items():
+        share = data["samples"] / max(result["ticks"], 1)
+        lines.append(f"{group}: {data['samples']:,} samples ({share:.1f} threads on average)")
+        lines += [f"  {pct:5.1f}%  {name}" for name, pct in data["categories_pct"].items()]
+        lines.append("  innermost functions:")
+        lines += [f"    {pct:5.1f}%  {name}" for name, pct in list(data["top_innermost_pct"].items())[:top]]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hotpath", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--ledger", choices=("on", "off"), default="on")
+    parser.add_argument("--ledger", choices=("sqlite", "postgresql", "off", "on"), default="sqlite", help="on = sqlite")
+    parser.add_argument("--workers", type=int, default=4, help="max_workers (default 4)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="the sink's delay per request (default 0)")
+    parser.add_argument("--interval-ms", type=float, default=2.0, help="sampling interval (default 2)")
     parser.add_argument(
         "--cap-seconds", type=float, default=None, help="stop reading after this long (default: no cap)"
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    breakdown = profile_sync(args.rows, ledger_on=args.ledger == "on", cap_s=args.cap_seconds, out=args.out)
-    print(format_breakdown(breakdown))
-    print(f"wrote {args.out}/profile-ledger-{args.ledger}.txt, .html and .json")
+    kind = "sqlite" if args.ledger == "on" else args.ledger
+    result = profile_sync(
+        args.rows,
+        ledger_kind=kind,
+        cap_s=args.cap_seconds,
+        out=args.out,
+        interval_s=args.interval_ms / 1000,
+        workers=args.workers,
+        latency_s=args.latency_ms / 1000,
+    )
+    print(format_breakdown(result))
+    print(f"wrote {args.out}/profile-ledger-{kind}.txt, .json and .collapsed")
     return 0
 
 

@@ -12,17 +12,21 @@ from benchmarks.measure import Bench, TargetResult
 TABLE_COLUMNS = ("Target", "Measured", "Limit", "Result", "Margin", "Side by side")
 
 
+def measured_text(result: TargetResult) -> str:
+    """``1.07x`` for a ratio, ``247 B/event`` for a size."""
+    if result.unit == "x":
+        return f"{result.measured:.2f}x"
+    return f"{result.measured:.0f} {result.unit}/event"
+
+
+def _limit_text(result: TargetResult) -> str:
+    return f"{result.comparison} {result.limit:g}" + ("x" if result.unit == "x" else f" {result.unit}")
+
+
 def _row(result: TargetResult) -> tuple[str, ...]:
     status = "met" if result.met else "MISSED"
-    margin = f"{result.margin_pct:+.0f}%"
-    return (
-        result.title,
-        f"{result.measured:.2f}x",
-        f"{result.comparison} {result.limit:g}x",
-        status,
-        margin,
-        result.summary,
-    )
+    margin = f"{result.margin_pct:+.0f}%" if result.met else f"by {-result.margin_pct:.0f}%"
+    return (result.title, measured_text(result), _limit_text(result), status, margin, result.summary)
 
 
 def format_table(results: Sequence[TargetResult]) -> str:
@@ -40,7 +44,7 @@ def format_table(results: Sequence[TargetResult]) -> str:
     out = [line(rows[0]), "-+-".join("-" * width for width in widths)]
     out += [line(row) for row in rows[1:]]
     met = sum(result.met for result in results)
-    out.append(f"{met} of {len(results)} targets met. Margin: + headroom / - missed by, in % of the limit.")
+    out.append(f"{met} of {len(results)} targets met. Margin: +headroom, or missed by, in % of the limit.")
     notes = dict.fromkeys(note for result in results for note in result.notes)  # first-seen order
     out += [f"note: {note}" for note in notes]
     return "\n".join(out)
@@ -62,9 +66,9 @@ def write_json(document: dict[str, Any], path: Path) -> None:
 
 
 def draw_chart(bench: Bench, results: Sequence[TargetResult], path: Path) -> None:
-    """Left: throughput against ``max_workers`` at the sink's latency, with the ideal and the baselines.
+    """Left: throughput against ``max_workers`` at the sink's latency, with the ideal, the ledgers and the baselines.
 
-    Right: events/s of the no-latency runs of targets 1 and 5 (same rows each).
+    Right: events/s of the no-latency runs of targets 1 and 5 (same rows each; the median runs).
     """
     import matplotlib
 
@@ -80,33 +84,46 @@ def draw_chart(bench: Bench, results: Sequence[TargetResult], path: Path) -> Non
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
     left.plot(workers, ideal, linestyle="--", color="grey", label="ideal: workers x 100 events / latency")
-    left.plot(workers, measured, marker="o", color="tab:blue", linewidth=2, label="sync engine (ledger off)")
+    left.plot(workers, measured, marker="o", color="tab:blue", linewidth=2, label="sync engine, no ledger")
     for x, y in zip(workers, measured, strict=True):
         left.annotate(f"{y:,.0f}", (x, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+    for database, color, marker in (("sqlite", "tab:purple", "s"), ("postgresql", "tab:cyan", "D")):
+        points = [point for point in bench.ledger_points if point["database"] == database]
+        if points:
+            left.plot(
+                [point["workers"] for point in points],
+                [point["events_per_s"] for point in points],
+                marker=marker,
+                linestyle=":",
+                color=color,
+                label=f"sync engine, {'SQLite' if database == 'sqlite' else 'PostgreSQL'} ledger",
+            )
     left.axhline(
         numbers["sequential_events_per_s"],
         color="tab:orange",
-        label=f"sequential batches of 100, one session ({numbers['sequential_events_per_s']:,.0f} ev/s)",
+        label=f"hand-written pipeline, sequential ({numbers['sequential_events_per_s']:,.0f} ev/s)",
     )
     left.axhline(
         numbers["vendor_events_per_s"],
         color="tab:red",
         label=f"vendor example: 1 event per request, new connection ({numbers['vendor_events_per_s']:,.1f} ev/s)",
     )
+    ticks = sorted(set(workers) | {point["workers"] for point in bench.ledger_points})
     left.set_xscale("log", base=2)
-    left.set_xticks(workers, [str(w) for w in workers])
+    left.set_xticks(ticks, [str(w) for w in ticks])
     left.set_yscale("log")
     left.set_xlabel("max_workers")
     left.set_ylabel("events per second (log scale)")
-    left.set_title(f"{s.latency_s * 1000:.0f} ms latency per request, {numbers['rows']:,} rows")
+    left.set_title(f"{s.latency_s * 1000:.0f} ms latency per request")
     left.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=8, loc="upper left")
+    left.legend(fontsize=8, loc="lower right")
 
     runs = bench.runs
     bars = [
-        ("minimal pipeline", "minimal_pipeline", "tab:green"),
-        ("sync, ledger on", "sync_ledger_on", "tab:purple"),
-        ("sync, ledger off", "sync_ledger_off", "tab:blue"),
+        ("hand-written pipeline", "minimal_pipeline", "tab:green"),
+        ("sync, SQLite ledger", "sync_ledger_on", "tab:purple"),
+        ("sync, PostgreSQL ledger", "sync_postgresql_ledger_on", "tab:cyan"),
+        ("sync, no ledger", "sync_ledger_off", "tab:blue"),
         ("re-run, all sent", "sync_rerun", "tab:grey"),
     ]
     present = [(label, runs[name]["events_per_s"], color) for label, name, color in bars if name in runs]
@@ -120,7 +137,7 @@ def draw_chart(bench: Bench, results: Sequence[TargetResult], path: Path) -> Non
             right.annotate(f" {rate:,.0f}", (rate, y), va="center", fontsize=8)
         right.set_xlim(0, max(rates) * 1.25)
         rows = runs.get("sync_ledger_on", {}).get("rows", 0)
-        right.set_title(f"no latency, SQLite, {rows:,} rows, max_workers={s.engine_workers}")
+        right.set_title(f"no latency, SQLite source, {rows:,} rows, max_workers={s.engine_workers}")
         right.set_xlabel("events per second")
         right.grid(True, axis="x", alpha=0.3)
     figure.suptitle("pagent sync benchmark: throughput")

@@ -9,6 +9,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import platform
@@ -35,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure the pagent sync against a minimal pipeline, a sequential client and the "
         "vendor's example, side by side in one run; print a table, write results.json and throughput.png.",
     )
-    parser.add_argument("--rows", type=int, help="rows of the big runs (default 1,000,000; 20,000 with --quick)")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        help="rows of the warehouse table and of the large memory run (default 1,000,000; 20,000 with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes and fewer points (well under a minute)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default %(default)s)")
     parser.add_argument(
@@ -112,16 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_time_s": round(wall, 1),
         "mode": "quick" if settings.quick else "full",
         "settings": {
-            "rows": settings.rows,
-            "concurrency_rows": settings.concurrency_rows,
-            "vendor_events": settings.vendor_events,
-            "latency_s": settings.latency_s,
-            "concurrency_workers": settings.concurrency_workers,
-            "sweep_workers": list(settings.sweep_workers),
-            "engine_workers": settings.engine_workers,
-            "repeats": settings.repeats,
-            "cap_s": settings.cap_s,
-            "seed": settings.seed,
+            **{
+                name: list(value) if isinstance(value, tuple) else value
+                for name, value in dataclasses.asdict(settings).items()
+            },
             "chunksize": 10_000,
         },
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},

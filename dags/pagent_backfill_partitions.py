@@ -76,6 +76,13 @@ SYNC_PARTITION = {
     "map_index_template": "{{ task.parameters['start'] }} to {{ task.parameters['end'] }}",
 }
 
+#: The period to backfill and the size of its partitions, given with ``--conf`` when triggered.
+PARAMS = {
+    "start": Param("2026-11-01", type="string", format="date"),
+    "end": Param("2026-11-08", type="string", format="date"),
+    "days_per_partition": Param(1, type="integer", minimum=1),
+}
+
 
 def split_period(start: str, end: str, days_per_partition: int) -> list[dict[str, str]]:
     """``[start, end)`` as consecutive windows of ``days_per_partition`` days, as SQL parameters."""
@@ -96,11 +103,7 @@ with DAG(
     dag_id="pagent_backfill_partitions",
     description="Backfill a long period to pagent as parallel partitions",
     schedule=None,
-    params={
-        "start": Param("2026-11-01", type="string", format="date"),
-        "end": Param("2026-11-08", type="string", format="date"),
-        "days_per_partition": Param(1, type="integer", minimum=1),
-    },
+    params=PARAMS,
     max_active_tasks=8,
     tags=["pagent", "conversions", "backfill"],
 ) as dag:

@@ -7,6 +7,7 @@ set here, before any test module imports it.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
@@ -105,3 +106,17 @@ def engine(db_url: str) -> Iterator[sqlalchemy.Engine]:
     engine = sqlalchemy.create_engine(db_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def snowflake_connection() -> str:
+    """AIRFLOW_CONN_* JSON of a Snowflake connection for fakesnow (which patches the connector; nothing is reached)."""
+    return json.dumps(
+        {
+            "conn_type": "snowflake",
+            "login": "etl_user",
+            "password": "not-a-real-password",
+            "schema": "PUBLIC",
+            "extra": {"account": "xy12345.eu-central-1", "warehouse": "COMPUTE_WH", "database": "SHOP", "role": "ETL"},
+        }
+    )

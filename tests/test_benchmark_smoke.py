@@ -20,11 +20,23 @@ TARGET_IDS = (
     "overhead",
     "concurrency_ideal",
     "concurrency_sequential",
+    "concurrency_sqlite_w8",
+    "concurrency_sqlite_w32",
+    "concurrency_postgresql_w8",
+    "concurrency_postgresql_w32",
     "vendor",
     "memory",
     "ledger_cost",
+    "ledger_cost_postgresql",
     "ledger_rerun",
+    "ledger_bytes_sqlite",
+    "ledger_bytes_postgresql",
+    "ledger_bytes_mariadb",
+    "ledger_growth_sqlite",
+    "ledger_growth_postgresql",
 )
+# measured on a PostgreSQL or MariaDB ledger: left out (with a note) when the server is not reachable
+NEEDS_A_SERVER = {target for target in TARGET_IDS if "postgresql" in target or "mariadb" in target}
 
 
 def _number(value: object) -> bool:
@@ -45,7 +57,8 @@ def test_quick_benchmark_produces_table_json_and_chart(tmp_path: Path) -> None:
 
     document = json.loads((tmp_path / "results.json").read_text())
     targets = {target["id"]: target for target in document["targets"]}
-    assert set(targets) == set(TARGET_IDS)
+    required = set(TARGET_IDS) if os.environ.get("PAGENT_REQUIRE_SERVICES") == "1" else set(TARGET_IDS) - NEEDS_A_SERVER
+    assert required <= set(targets) <= set(TARGET_IDS)
     for target in targets.values():
         assert _number(target["measured"]) and target["measured"] > 0, target
         assert _number(target["limit"]), target
@@ -71,11 +84,14 @@ def test_quick_benchmark_produces_table_json_and_chart(tmp_path: Path) -> None:
     # The printed table: a header, then one row per target with its measured ratio and verdict.
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("Target ") and "| Measured" in line)
-    rows = lines[header + 2 : header + 2 + len(TARGET_IDS)]
-    for row, target_id in zip(rows, TARGET_IDS, strict=True):
+    shown = [target_id for target_id in TARGET_IDS if target_id in targets]
+    rows = lines[header + 2 : header + 2 + len(shown)]
+    for row, target_id in zip(rows, shown, strict=True):
         cells = [cell.strip() for cell in row.split("|")]
         assert cells[0] == targets[target_id]["title"], row
-        assert float(cells[1].rstrip("x")) == pytest.approx(targets[target_id]["measured"], rel=0.01, abs=0.01)
+        measured = float(cells[1].split()[0].rstrip("x"))  # "1.07x", or "247 B/event"
+        precision = 0.01 if targets[target_id]["unit"] == "x" else 0.5
+        assert measured == pytest.approx(targets[target_id]["measured"], rel=0.01, abs=precision)
         assert cells[3] == ("met" if targets[target_id]["met"] else "MISSED"), row
     assert (tmp_path / "results.txt").read_text().startswith(lines[header])
 

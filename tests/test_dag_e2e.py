@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import sqlalchemy as sa
 
 from pagent_provider.testing import Faults
-from pagent_provider.testing.dag_runs import load_dag, run_dag
+from pagent_provider.testing.dag_runs import load_dag, run_dag, sql_connection
 from pagent_provider.testing.sample_warehouse import generate_conversions, write_conversions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,22 +20,6 @@ DAG_ID = "pagent_daily_conversions"
 DAY_1 = datetime(2026, 11, 10)  # in the past: times more than an hour ahead are refused
 DAYS = 2
 ROWS = 900
-
-
-def airflow_connection(url: str) -> dict:
-    """An Airflow connection (as AIRFLOW_CONN_* JSON) for a SQLAlchemy URL of the test databases."""
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return {"conn_type": "sqlite", "host": parsed.database}
-    conn_type = {"postgresql": "postgres", "mysql": "mysql"}[parsed.get_backend_name()]
-    return {
-        "conn_type": conn_type,
-        "host": parsed.host,
-        "port": parsed.port,
-        "login": parsed.username,
-        "password": parsed.password or "",
-        "schema": parsed.database,
-    }
 
 
 @pytest.fixture(params=["sqlite", "postgres", "mariadb"])
@@ -77,7 +60,7 @@ def expected_events(frame: pd.DataFrame, day: datetime) -> dict[str, dict]:
 
 
 def test_daily_dag_delivers_each_day_exactly_once(dag, purchases, warehouse_url, pagent_emulator, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(airflow_connection(warehouse_url)))
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(sql_connection(warehouse_url)))
     monkeypatch.setenv("AIRFLOW_CONN_PAGENT_DEFAULT", pagent_emulator.airflow_connection_json())
 
     for n in range(DAYS):

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from pagent_provider.core.transform import RowReject, TransformConfig, check_columns, transform_chunk
 from pagent_provider.core.transform.chunk import _CONVERSION_ID_NULL
 from pagent_provider.exceptions import PagentConfigError
+from pagent_provider.testing.dag_runs import sql_connection
 
 NOW_MS = 1_800_000_000_000  # 2027-01-15: a fixed "now" for the transform tests
 TIME_MS = 1_794_300_000_000  # 2026-11-10: in the past for the emulator too
@@ -541,24 +542,6 @@ def check_delivery(emulator, bad: dict[str, tuple[Any, str, str]], ledger_url: s
     assert len(emulator.events()) == N_GOOD
 
 
-def sqlalchemy_connection(url: str) -> str:
-    """An Airflow connection (AIRFLOW_CONN_* JSON) for a SQLAlchemy URL of the test databases."""
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return json.dumps({"conn_type": "sqlite", "host": parsed.database})
-    conn_type = {"postgresql": "postgres", "mysql": "mysql"}[parsed.get_backend_name()]
-    return json.dumps(
-        {
-            "conn_type": conn_type,
-            "host": parsed.host,
-            "port": parsed.port,
-            "login": parsed.username,
-            "password": parsed.password or "",
-            "schema": parsed.database,
-        }
-    )
-
-
 def write_sqlalchemy(url: str, column_type: str, bad: dict[str, tuple[Any, str, str]], value_sql: str = ":p") -> None:
     engine = sa.create_engine(url)
     try:
@@ -579,21 +562,21 @@ def test_sqlite_text_json_through_the_operator(tmp_path, pagent_connection, monk
     bad = {**BAD_COMMON, **BAD_NOT_OBJECT, **BAD_NOT_JSON}
     url = f"sqlite:///{tmp_path / 'shop.db'}"
     write_sqlalchemy(url, "TEXT", bad)
-    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", sqlalchemy_connection(url))
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(sql_connection(url)))
     check_delivery(pagent_connection, bad, url)
 
 
 def test_postgres_jsonb_through_the_operator(postgres_url, pagent_connection, monkeypatch):
     bad = {**BAD_COMMON, **BAD_NOT_OBJECT}
     write_sqlalchemy(postgres_url, "JSONB", bad, value_sql="CAST(:p AS JSONB)")
-    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", sqlalchemy_connection(postgres_url))
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(sql_connection(postgres_url)))
     check_delivery(pagent_connection, bad, postgres_url)
 
 
 def test_mariadb_json_through_the_operator(mariadb_url, pagent_connection, monkeypatch):
     bad = {**BAD_COMMON, **BAD_NOT_OBJECT}
     write_sqlalchemy(mariadb_url, "JSON", bad)
-    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", sqlalchemy_connection(mariadb_url))
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(sql_connection(mariadb_url)))
     check_delivery(pagent_connection, bad, mariadb_url)
 
 
@@ -609,27 +592,20 @@ def test_duckdb_json_through_the_operator(tmp_path, pagent_connection, monkeypat
         conn.executemany("INSERT INTO orders VALUES (?, ?, ?, ?)", table_rows(bad))
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "duckdb", "host": str(warehouse)}))
-    monkeypatch.setenv("AIRFLOW_CONN_LEDGER", sqlalchemy_connection(ledger_url))
+    monkeypatch.setenv("AIRFLOW_CONN_LEDGER", json.dumps(sql_connection(ledger_url)))
     check_delivery(pagent_connection, bad, ledger_url, ledger_conn_id="ledger")
 
 
-SNOWFLAKE_CONNECTION = {
-    "conn_type": "snowflake",
-    "login": "etl_user",
-    "password": "not-a-real-password",
-    "schema": "PUBLIC",
-    "extra": {"account": "xy12345.eu-central-1", "warehouse": "COMPUTE_WH", "database": "SHOP", "role": "ETL"},
-}
-
-
 @pytest.mark.parametrize("column_type", ["VARIANT", "OBJECT"])
-def test_snowflake_through_the_snowflake_hook_on_fakesnow(column_type, tmp_path, pagent_connection, monkeypatch):
+def test_snowflake_through_the_snowflake_hook_on_fakesnow(
+    column_type, tmp_path, pagent_connection, monkeypatch, snowflake_connection
+):
     """Unquoted identifiers come back upper-case (ORDER_ID, PAGENT); VARIANT and OBJECT as JSON text."""
     fakesnow = pytest.importorskip("fakesnow")
     bad = dict(BAD_COMMON) if column_type == "OBJECT" else {**BAD_COMMON, **BAD_NOT_OBJECT}
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(SNOWFLAKE_CONNECTION))
-    monkeypatch.setenv("AIRFLOW_CONN_LEDGER", sqlalchemy_connection(ledger_url))
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", snowflake_connection)
+    monkeypatch.setenv("AIRFLOW_CONN_LEDGER", json.dumps(sql_connection(ledger_url)))
     with fakesnow.patch():  # the operator runs in this process, so its hook sees the patch
         import snowflake.connector
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pagent_provider.testing.dag_runs import load_dag, run_dag
+from pagent_provider.testing.dag_runs import load_dag, run_dag, sql_connection
 
 DAGS = Path(__file__).resolve().parent / "dags"
 DAG_ID = "pagent_warehouse_sync"
@@ -191,14 +191,6 @@ def test_duckdb_file_through_the_duckdb_connection(dag, tmp_path, pagent_emulato
 
 # --------------------------------------------------------------------------- Snowflake (fakesnow)
 
-SNOWFLAKE_CONNECTION = {
-    "conn_type": "snowflake",
-    "login": "etl_user",
-    "password": "not-a-real-password",
-    "schema": "PUBLIC",
-    "extra": {"account": "xy12345.eu-central-1", "warehouse": "COMPUTE_WH", "database": "SHOP", "role": "ETL"},
-}
-
 
 def write_snowflake(rows: list[dict]) -> None:
     """Unquoted identifiers: Snowflake returns them upper-case (ORDER_ID, SESSION_ID, ...)."""
@@ -221,23 +213,13 @@ def write_snowflake(rows: list[dict]) -> None:
     conn.close()
 
 
-def airflow_connection(url: str) -> dict:
-    parsed = sa.engine.make_url(url)
-    return {
-        "conn_type": "postgres",
-        "host": parsed.host,
-        "port": parsed.port,
-        "login": parsed.username,
-        "password": parsed.password or "",
-        "schema": parsed.database,
-    }
-
-
-def test_snowflake_through_the_snowflake_hook_on_fakesnow(dag, postgres_url, pagent_emulator, monkeypatch):
+def test_snowflake_through_the_snowflake_hook_on_fakesnow(
+    dag, postgres_url, pagent_emulator, monkeypatch, snowflake_connection
+):
     fakesnow = pytest.importorskip("fakesnow")
     rows = purchases()
-    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps(SNOWFLAKE_CONNECTION))
-    monkeypatch.setenv("AIRFLOW_CONN_LEDGER", json.dumps(airflow_connection(postgres_url)))
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", snowflake_connection)
+    monkeypatch.setenv("AIRFLOW_CONN_LEDGER", json.dumps(sql_connection(postgres_url)))
     monkeypatch.setenv("AIRFLOW_CONN_PAGENT_DEFAULT", pagent_emulator.airflow_connection_json())
     with fakesnow.patch():  # dag.test() runs the tasks in this process, so they see the patch
         write_snowflake(rows)

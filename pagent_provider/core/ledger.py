@@ -29,19 +29,19 @@ from __future__ import annotations
 
 import itertools
 import logging
-import operator
 import re
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 
 from pagent_provider.core import defaults
 from pagent_provider.core.ledger_dialects import LedgerDialect, ledger_dialect
 from pagent_provider.core.ledger_retry import LedgerRetry
+from pagent_provider.core.ledger_statements import CLAIMED, SENT, UNKNOWN, ClaimRow, LedgerStatements, slices
 from pagent_provider.core.owner import ClaimOwner, silence_ms
 from pagent_provider.exceptions import PagentConfigError, PagentLedgerError
 
@@ -52,21 +52,12 @@ T = TypeVar("T")
 UnknownOutcomePolicy = Literal["resend", "skip"]
 UNKNOWN_OUTCOME_POLICIES = ("resend", "skip")
 
-CLAIMED, SENT, UNKNOWN = "claimed", "sent", "unknown"
 MAX_KEY_LENGTH = 255
 #: The default time budget of a ledger transaction that keeps failing transiently.
 WRITE_RETRY_S = 60.0
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-# Bound every IN (...) list: SQLite allows 32,766 parameters, and shorter lists plan better.
-_LOOKUP_SLICE = 500
 # Times a claim re-inserts keys released by another run between its insert and its lookup.
 _VANISHED_ROUNDS = 3
-#: SQLAlchemy 2 runs an INSERT ... RETURNING with many rows as batched multi-row
-#: statements and returns every row ("insertmanyvalues"); 1.4 (Airflow 2.11 to 3.1) does not.
-SQLALCHEMY_2 = int(sa.__version__.split(".")[0]) >= 2
-# Rows per multi-row VALUES claim on SQLAlchemy 1.4: 12 columns each, well below
-# PostgreSQL's 65,535 bind parameters per statement.
-_VALUES_SLICE = 1000
 _UNRECORDED_SENT = (
     "the ledger still holds them as claims, which the next run treats as an unknown outcome "
     "(with unknown_outcome='resend' it sends them again)"
@@ -78,15 +69,14 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _slices(items: Sequence[str], size: int = _LOOKUP_SLICE) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _acknowledged(batches: int) -> str:
     return f"the events of {batches} batches were acknowledged by pagent but could not be recorded as sent: " + (
         _UNRECORDED_SENT
     )
+
+
+def _first(row: ClaimRow) -> str:
+    return row[0]
 
 
 def _examples(keys: Iterable[str], count: int = 3) -> str:
@@ -164,13 +154,6 @@ class RejectRecord:
     event_key: str | None = None
 
 
-def _inserted_if_all(rows: Sequence[dict[str, object]], rowcount: int) -> set[tuple[str, str]] | None:
-    """Every row's ``(key, claim id)`` when a count-only insert inserted them all, else ``None`` (look up)."""
-    if rowcount != len(rows):
-        return None
-    return {(str(row["event_key"]), str(row["claim_id"])) for row in rows}
-
-
 def _table_parts(table_name: str) -> tuple[str | None, str]:
     schema, _, name = table_name.rpartition(".")
     for part in filter(None, (schema, name)):
@@ -185,7 +168,7 @@ def _table_parts(table_name: str) -> tuple[str | None, str]:
 #: Reasons and details may hold any character: on MySQL/MariaDB the tables are
 #: utf8mb4 whatever the database's default (a latin1 database would refuse a
 #: CJK reason with error 1366 in strict mode). Other dialects ignore these.
-_TEXT_TABLE_OPTIONS = {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"}
+_TEXT_TABLE_OPTIONS: dict[str, Any] = {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"}
 
 
 def storable(text: str, limit: int) -> str:
@@ -305,10 +288,10 @@ class Ledger:
             table_name, self.database.key_type, ids_from_sequence=self.database.ids_from_sequence
         )
         self._retry = LedgerRetry(budget_s=write_retry_s, permanent=self.database.permanent, table=table_name)
-        # One statement, compiled once and run with a list of rows (executemany):
-        # building a new multi-row VALUES per batch costs more than the database work.
-        self._claim_statement = self.database.claim_insert(self.table)
-        self._sqlite_claim: tuple[str, tuple[str, ...]] | None = None
+        # Claims, marks and lookups: one statement per window or chunk, built once.
+        self._sql: LedgerStatements = self.database.statements(
+            self.database, self.table, namespace, self.owner, engine.dialect
+        )
         self._claim_prefix = uuid.uuid4().hex[:16]
         self._claim_counter = itertools.count()
         if self.database.prepare_engine is not None:
@@ -385,25 +368,7 @@ class Ledger:
         return self._read("lookup", lambda conn: self._lookup(conn, keys))
 
     def _lookup(self, conn: sa.Connection, keys: Sequence[str]) -> dict[str, LedgerRow]:
-        t = self.table
-        found: dict[str, LedgerRow] = {}
-        for keys_slice in _slices(keys):
-            rows = conn.execute(
-                sa.select(
-                    t.c.event_key,
-                    t.c.status,
-                    t.c.content_hash,
-                    t.c.claim_id,
-                    t.c.owner_run,
-                    t.c.owner_host,
-                    t.c.owner_pid,
-                    t.c.owner_task,
-                    t.c.owner_try,
-                    t.c.heartbeat_at,
-                ).where(t.c.namespace == self.namespace, t.c.event_key.in_(keys_slice))
-            )
-            found.update((row.event_key, LedgerRow(*row)) for row in rows)
-        return found
+        return {row[0]: LedgerRow(*row) for row in self._sql.lookup(conn, keys)}
 
     def sent_hashes(self, keys: Sequence[str]) -> dict[str, str]:
         """The content hash of every key in ``keys`` that pagent acknowledged (others are absent).
@@ -413,16 +378,7 @@ class Ledger:
         return self._read("lookup of sent keys", lambda conn: self._sent_hashes(conn, keys))
 
     def _sent_hashes(self, conn: sa.Connection, keys: Sequence[str]) -> dict[str, str]:
-        t = self.table
-        found: dict[str, str] = {}
-        for keys_slice in _slices(keys, 2 * _LOOKUP_SLICE):
-            rows = conn.execute(
-                sa.select(t.c.event_key, t.c.content_hash).where(
-                    t.c.namespace == self.namespace, t.c.status == SENT, t.c.event_key.in_(keys_slice)
-                )
-            )
-            found.update((key, content_hash) for key, content_hash in rows)
-        return found
+        return dict(self._sql.sent_hashes(conn, keys))
 
     def count_by_status(self) -> dict[str, int]:
         """How many keys of this namespace are in each status."""
@@ -456,7 +412,7 @@ class Ledger:
         results = [ClaimResult(claim_id=self._new_claim_id()) for _ in batches]
         stamp = now_ms()
         rows = [
-            self._claim_row(key, content_hash, result.claim_id, stamp)
+            (key, content_hash, result.claim_id)
             for result, entries in zip(results, batches, strict=True)
             for key, content_hash in entries
         ]
@@ -477,16 +433,13 @@ class Ledger:
             raise
         return results
 
-    def _claim_and_mark(self, rows: list[dict[str, object]], mark_sent: Sequence[str]) -> set[tuple[str, str]] | None:
-        attempts = itertools.count()
-
+    def _claim_and_mark(self, rows: list[ClaimRow], mark_sent: Sequence[str]) -> set[tuple[str, str]] | None:
         def claim(conn: sa.Connection) -> set[tuple[str, str]] | None:
-            if next(attempts):
-                self._restamp(rows)  # a claim retried for a while must not look abandoned at once
+            # Stamped at each attempt: a claim retried for a while must not look abandoned at once.
             # Insert first, mark after: a transaction that is marking its own rows then
             # waits for nobody, so two runs' transactions cannot wait on each other
             # (marking first deadlocks against a run inserting the keys being marked).
-            inserted = self._insert_if_absent(conn, rows)
+            inserted = self._insert_if_absent(conn, rows, now_ms())
             self._mark_claims_sent(conn, mark_sent)
             return inserted
 
@@ -498,69 +451,16 @@ class Ledger:
 
         return self._write("claim", consequence, claim)
 
-    @staticmethod
-    def _restamp(rows: list[dict[str, object]]) -> None:
-        stamp = now_ms()
-        for row in rows:
-            row["claimed_at"] = row["heartbeat_at"] = stamp
-
     def _new_claim_id(self) -> str:
         # a random prefix per ledger object and a counter: unique, without a urandom call per batch
         return f"{self._claim_prefix}{next(self._claim_counter):016x}"
 
-    def _claim_row(self, key: str, content_hash: str, claim_id: str, stamp: int) -> dict[str, object]:
-        owner = self.owner
-        return {
-            "namespace": self.namespace,
-            "event_key": key,
-            "status": CLAIMED,
-            "content_hash": content_hash,
-            "claim_id": claim_id,
-            "owner_run": owner.run_token,
-            "owner_host": owner.host,
-            "owner_pid": owner.pid,
-            "owner_task": owner.task,
-            "owner_try": owner.try_number,
-            "claimed_at": stamp,
-            "heartbeat_at": stamp,
-        }
-
-    def _insert_if_absent(self, conn: sa.Connection, rows: list[dict[str, object]]) -> set[tuple[str, str]] | None:
+    def _insert_if_absent(self, conn: sa.Connection, rows: list[ClaimRow], stamp: int) -> set[tuple[str, str]] | None:
         """Insert the rows whose key is free; return their ``(key, claim id)`` (``None``: not known, look up)."""
         # Insert in key order: each inserted key stays locked until commit, and two
         # runs inserting overlapping keys in different orders (overlapping intervals
         # read in a different order) deadlock on PostgreSQL and MariaDB.
-        rows = sorted(rows, key=lambda row: str(row["event_key"]))
-        if self.database.driver_executemany:
-            return self._insert_on_sqlite(conn, rows)
-        if self.database.insert_returns_rows and not SQLALCHEMY_2:
-            return self._insert_returning_values(conn, rows)
-        result = conn.execute(self._claim_statement, rows)
-        if self.database.insert_returns_rows:
-            return {(row[0], row[1]) for row in result}
-        return _inserted_if_all(rows, result.rowcount)
-
-    def _insert_returning_values(self, conn: sa.Connection, rows: list[dict[str, object]]) -> set[tuple[str, str]]:
-        # SQLAlchemy 1.4: the same insert-if-absent as one multi-row VALUES per slice,
-        # so that RETURNING names exactly the rows inserted, as SQLAlchemy 2 gives it
-        # from an executemany. Same statement, same transaction, same key order.
-        inserted: set[tuple[str, str]] = set()
-        for start in range(0, len(rows), _VALUES_SLICE):
-            statement = self._claim_statement.values(rows[start : start + _VALUES_SLICE])
-            inserted.update((row[0], row[1]) for row in conn.execute(statement))
-        return inserted
-
-    def _insert_on_sqlite(self, conn: sa.Connection, rows: list[dict[str, object]]) -> set[tuple[str, str]] | None:
-        # The driver's own executemany (sqlite3), with the statement compiled once to
-        # text and rows as tuples: SQLAlchemy's per-row parameter handling would cost
-        # more than SQLite's work. Its rowcount sums the rows inserted.
-        if self._sqlite_claim is None:
-            compiled = self._claim_statement.compile(dialect=self.engine.dialect, column_keys=list(rows[0]))
-            self._sqlite_claim = (str(compiled), tuple(compiled.positiontup or ()))
-        sql, names = self._sqlite_claim
-        as_tuple = operator.itemgetter(*names)
-        result = conn.exec_driver_sql(sql, [as_tuple(row) for row in rows])
-        return _inserted_if_all(rows, result.rowcount)
+        return self._sql.insert_if_absent(conn, sorted(rows, key=_first), stamp)
 
     def _settle_conflicts(self, entries: Sequence[tuple[str, str]], result: ClaimResult, stamp: int) -> None:
         hashes = dict(entries)
@@ -613,7 +513,7 @@ class Ledger:
             if not vanished:
                 return existing
             # released by another run between our insert and our lookup: try again
-            self._reclaim([self._claim_row(key, content_hash, claim_id, now_ms()) for key, content_hash in vanished])
+            self._reclaim([(key, content_hash, claim_id) for key, content_hash in vanished])
             existing.update(self.lookup([key for key, _ in vanished]))
         self._check_asked(existing, hashes)
         missing = hashes.keys() - existing.keys()
@@ -621,11 +521,11 @@ class Ledger:
             raise self._not_byte_exact(f"has no row for {len(missing)} keys it was just asked to insert", missing)
         return existing
 
-    def _reclaim(self, rows: list[dict[str, object]]) -> None:
+    def _reclaim(self, rows: list[ClaimRow]) -> None:
         self._write(
             "claim",
             lambda: f"{len(rows)} events could not be claimed, so none of them was sent",
-            lambda conn: self._insert_if_absent(conn, rows),
+            lambda conn: self._insert_if_absent(conn, rows, now_ms()),
         )
 
     def _check_asked(self, existing: dict[str, LedgerRow], hashes: dict[str, str]) -> None:
@@ -648,7 +548,7 @@ class Ledger:
         t = self.table
         try:
             with self.engine.begin() as conn:
-                for ids_slice in _slices(claim_ids):
+                for ids_slice in slices(claim_ids):
                     conn.execute(
                         t.delete().where(
                             t.c.namespace == self.namespace, t.c.claim_id.in_(ids_slice), t.c.status == CLAIMED
@@ -740,8 +640,8 @@ class Ledger:
             if key_list is None:
                 conn.execute(statement)
                 return
-            for keys_slice in _slices(key_list):
-                conn.execute(statement.where(t.c.event_key.in_(keys_slice)))
+            for restricted in self._sql.on_keys(statement, key_list):
+                conn.execute(restricted)
 
         self._write(operation, consequence, execute)
 
@@ -782,10 +682,8 @@ class Ledger:
             )
 
     def _mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[str]) -> None:
-        t = self.table
-        update = t.update().values(status=SENT, sent_at=now_ms(), detail=None)
-        for ids_slice in _slices(claim_ids):
-            conn.execute(update.where(t.c.namespace == self.namespace, t.c.claim_id.in_(ids_slice)))
+        if claim_ids:
+            self._sql.mark_claims_sent(conn, claim_ids, now_ms())
 
     def mark_unknown(self, claim_id: str, keys: Iterable[str] | None, detail: str) -> None:
         """The answer for these keys was lost: they may or may not have been recorded.
@@ -914,7 +812,11 @@ class Ledger:
         while True:
             after = () if last_key is None else (t.c.event_key > last_key,)
             page = sa.select(t.c.event_key).where(*old_sent, *after).order_by(t.c.event_key).limit(batch)
-            keys = self._read("prune (find keys)", lambda conn, page=page: list(conn.execute(page).scalars()))
+
+            def find(conn: sa.Connection, page: sa.Select[Any] = page) -> list[str]:
+                return list(conn.execute(page).scalars())
+
+            keys = self._read("prune (find keys)", find)
             if not keys:
                 return deleted
 
@@ -922,12 +824,13 @@ class Ledger:
                 # the conditions again: a key re-claimed since it was read stays
                 return sum(
                     conn.execute(t.delete().where(*old_sent, t.c.event_key.in_(keys_slice))).rowcount
-                    for keys_slice in _slices(keys)
+                    for keys_slice in slices(keys)
                 )
 
-            deleted += self._write(
-                "prune", lambda done=deleted: f"{done} sent keys were deleted before it failed", delete
-            )
+            def consequence(done: int = deleted) -> str:
+                return f"{done} sent keys were deleted before it failed"
+
+            deleted += self._write("prune", consequence, delete)
             last_key = keys[-1]
             if len(keys) < batch:
                 return deleted

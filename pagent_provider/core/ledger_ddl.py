@@ -8,8 +8,11 @@ the three tables, nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Dialect
 
 from pagent_provider.core import defaults
 from pagent_provider.core.ledger import build_tables
@@ -17,7 +20,7 @@ from pagent_provider.core.ledger_dialects import ledger_dialect
 from pagent_provider.core.run_history import build_runs_table, runs_table_name
 
 #: The databases the ledger runs on, by the name the command line takes.
-DDL_DIALECTS = {
+DDL_DIALECTS: dict[str, Callable[[], Dialect]] = {
     "postgresql": postgresql.dialect,
     "mysql": mysql.dialect,
     "mariadb": lambda: mysql.dialect(is_mariadb=True),

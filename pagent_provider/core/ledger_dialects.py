@@ -36,6 +36,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from pagent_provider.core.ledger_statements import ArrayStatements, LedgerStatements, SqliteStatements
 from pagent_provider.exceptions import PagentLedgerError
 
 KeyColumns = Sequence["sa.Column[Any]"]
@@ -54,10 +55,10 @@ class LedgerDialect:
         insert_returns_rows: the insert names the ``(event_key, claim_id)`` it
             inserted (``RETURNING``); otherwise it gives a count only and a
             batch not inserted in full is looked up.
-        driver_executemany: run the claim through the driver's own
-            ``executemany``, compiled once to text (SQLite: SQLAlchemy's
-            per-row parameter handling costs more than SQLite's work). Type
-            bind processing is skipped, so only for plain ``key_type`` columns.
+        driver_executemany: the hot statements go to the driver as plain SQL
+            text with tuples (SQLite, :class:`SqliteStatements`: SQLAlchemy's
+            per-execution work costs more than SQLite's). Type bind processing
+            is skipped, so only for plain ``key_type`` columns.
         key_type: the column type of a key column of ``n`` characters.
         prepare_engine: called once per engine the ledger is built on.
         before_create: called before the tables are created.
@@ -68,6 +69,8 @@ class LedgerDialect:
         one_machine: the database is a local file: workers on other machines
             would each keep their own ledger and lose every guarantee.
         ids_from_sequence: the rejects table's ids come from an explicit sequence.
+        statements: the class that runs the ledger's hot statements (claims,
+            marks, lookups) on this database.
     """
 
     label: str
@@ -81,6 +84,7 @@ class LedgerDialect:
     check_key_columns: Callable[[sa.Connection, KeyColumns], None] | None = None
     one_machine: bool = False
     ids_from_sequence: bool = False
+    statements: type[LedgerStatements] = LedgerStatements
 
 
 # --------------------------------------------------------------------------- MySQL and MariaDB
@@ -306,6 +310,7 @@ POSTGRESQL = LedgerDialect(
     key_type=sa.String,
     permanent=_postgresql_permanent,
     check_key_columns=_check_postgresql,
+    statements=ArrayStatements,
 )
 
 
@@ -359,6 +364,7 @@ SQLITE = LedgerDialect(
     prepare_engine=_prepare_sqlite,
     before_create=_switch_to_wal,
     one_machine=True,
+    statements=SqliteStatements,
 )
 
 

@@ -94,3 +94,32 @@ def read_xcom(dag_id: str, run_id: str, task_id: str, key: str = "return_value")
             return None
         # Airflow 2.11 deserializes the value as the row loads; Airflow 3 on request
         return XComModel.deserialize_value(row) if AIRFLOW_V_3_0_PLUS else row.value
+
+
+#: Airflow connection types of the SQLAlchemy backends the tests and the demo use.
+_CONN_TYPES = {"postgresql": "postgres", "mysql": "mysql", "sqlite": "sqlite", "duckdb": "duckdb"}
+
+
+def sql_connection(url: str) -> dict[str, Any]:
+    """The Airflow connection (as ``AIRFLOW_CONN_*`` JSON takes it) of a SQLAlchemy URL.
+
+    ``sqlite:///path`` and ``duckdb:///path`` become a connection whose host is
+    the file; PostgreSQL and MySQL/MariaDB URLs their host, port, login,
+    password and schema (database).
+    """
+    import sqlalchemy as sa
+
+    parsed = sa.engine.make_url(url)
+    backend = parsed.get_backend_name()
+    if backend not in _CONN_TYPES:
+        raise ValueError(f"no Airflow connection type for {backend!r} URLs (known: {', '.join(_CONN_TYPES)})")
+    if backend in ("sqlite", "duckdb"):
+        return {"conn_type": _CONN_TYPES[backend], "host": parsed.database}
+    return {
+        "conn_type": _CONN_TYPES[backend],
+        "host": parsed.host,
+        "port": parsed.port,
+        "login": parsed.username,
+        "password": parsed.password or "",
+        "schema": parsed.database,
+    }

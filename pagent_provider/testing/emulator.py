@@ -218,10 +218,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._answer_error(405, f"method {self.command} not allowed on {path}", headers=(("Allow", "POST"),))
                 return
             emulator._begin_post()
+            self._post_open = True
             try:
                 self._post(emulator, path, body)
             finally:
-                emulator._end_post()
+                self._leave_post()
         except _NoAnswer:
             self.close_connection = True
         except OSError:
@@ -382,6 +383,12 @@ class _Handler(BaseHTTPRequestHandler):
             headers=(("Location", location),),
         )
 
+    def _leave_post(self) -> None:
+        """This POST is no longer in flight (once, whether answered, dropped or hung up on)."""
+        if getattr(self, "_post_open", False):
+            self._post_open = False
+            self.server.emulator._end_post()
+
     def _answer(
         self,
         status: int,
@@ -414,6 +421,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             data += body
         self._record(status)
+        # Out of flight before the client can read the answer, so that a client sending
+        # one request after another is never counted twice.
+        self._leave_post()
         pause_s = self._faults.trickle_s
         if pause_s > 0:
             if not trickle(self.wfile.write, data, pause_s, self.server.emulator._stopping):
@@ -616,8 +626,9 @@ class IngestEmulator(BackgroundServer):
         """POSTs to a conversions endpoint being handled right now (fast-sink mode included).
 
         A request counts from the moment its body has been read until its answer
-        is written, or until its connection is closed without one (drop and hang
-        faults): the latency fault's wait, validation and storing are inside.
+        starts to be written (so a client sending one request after another
+        never sees two), or until its connection is closed without one (drop and
+        hang faults): the latency fault's wait, validation and storing are inside.
         Inspection requests and answers to unknown paths or other methods never
         count.
         """

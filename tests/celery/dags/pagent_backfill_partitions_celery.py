@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, task
 from airflow.sdk.definitions._internal.contextmanager import DagContext
 
 from pagent_provider.operators.conversions import ConversionsOperator
@@ -51,11 +51,7 @@ SYNC_PARTITION = {**example.SYNC_PARTITION, **OVERRIDES}
 with DAG(
     dag_id="pagent_backfill_partitions_celery",
     schedule=None,
-    params={
-        "start": Param("2026-11-01", type="string", format="date"),
-        "end": Param("2026-11-08", type="string", format="date"),
-        "days_per_partition": Param(1, type="integer", minimum=1),
-    },
+    params=example.PARAMS,
     max_active_tasks=8,
     template_searchpath=[str(EXAMPLE.parent)],  # the example's sql/purchases.sql
     tags=["pagent", "test"],
