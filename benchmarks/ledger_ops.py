@@ -173,34 +173,28 @@ def measure(
     return LedgerCost(database, events, workers, busy, wall, cpu, server_cpu)
 
 
+def _emptied(url: sa.engine.URL) -> Callable[[], sa.Engine]:
+    """Engines on the scratch database ``url``, each with the ledger's tables dropped first."""
+
+    def fresh() -> sa.Engine:
+        fresh_engine = sa.create_engine(url)
+        with fresh_engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS pagent_ledger, pagent_ledger_rejects")
+        return fresh_engine
+
+    return fresh
+
+
 @contextmanager
 def database_engines(name: str, workdir: Path) -> Iterator[Callable[[], sa.Engine]]:
     """A factory of engines on an empty ledger database of kind ``name``, removed afterwards."""
     if name == "sqlite":
         counter = iter(range(1_000_000))
         yield lambda: sa.create_engine(f"sqlite:///{workdir / f'ledger-{next(counter)}.db'}")
-    elif name == "postgresql":
-        with postgres_database(POSTGRES_ADMIN_URL) as engine:
-            url = engine.url
-
-            def fresh() -> sa.Engine:
-                fresh_engine = sa.create_engine(url)
-                with fresh_engine.begin() as conn:
-                    conn.exec_driver_sql("DROP TABLE IF EXISTS pagent_ledger, pagent_ledger_rejects")
-                return fresh_engine
-
-            yield fresh
-    elif name == "mariadb":
-        with mariadb_database() as engine:
-            url = engine.url
-
-            def fresh() -> sa.Engine:
-                fresh_engine = sa.create_engine(url)
-                with fresh_engine.begin() as conn:
-                    conn.exec_driver_sql("DROP TABLE IF EXISTS pagent_ledger, pagent_ledger_rejects")
-                return fresh_engine
-
-            yield fresh
+    elif name in ("postgresql", "mariadb"):
+        scratch = postgres_database(POSTGRES_ADMIN_URL) if name == "postgresql" else mariadb_database()
+        with scratch as engine:
+            yield _emptied(engine.url)
     else:
         raise ValueError(name)
 

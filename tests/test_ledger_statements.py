@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from test_ledger import run_together  # the tests directory is on sys.path (rootdir conftest)
 
 from pagent_provider.core.ledger import SENT, Ledger
 from pagent_provider.core.ledger_statements import ArrayStatements, LedgerStatements, SqliteStatements
@@ -61,30 +61,6 @@ def digest(key: str) -> str:
 
 def entries(event_keys: Sequence[str]) -> list[tuple[str, str]]:
     return [(key, digest(key)) for key in event_keys]
-
-
-def run_together(*jobs: Callable[[], object]) -> list[object]:
-    """Run ``jobs`` in threads released at the same moment; return their results, re-raise their errors."""
-    barrier = threading.Barrier(len(jobs))
-    results: list[object] = [None] * len(jobs)
-    errors: list[BaseException] = []
-
-    def runner(index: int, job: Callable[[], object]) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[index] = job()
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=runner, args=(i, job)) for i, job in enumerate(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads), "a claiming thread hangs"
-    if errors:
-        raise errors[0]
-    return results
 
 
 @contextmanager
