@@ -11,9 +11,11 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +122,28 @@ def snowflake_connection() -> str:
             "extra": {"account": "xy12345.eu-central-1", "warehouse": "COMPUTE_WH", "database": "SHOP", "role": "ETL"},
         }
     )
+
+
+_CELERY_REPORT = ROOT / "test-artifacts" / "celery" / "scale_out.json"
+_SESSION_STARTED = pytest.StashKey[float]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_SESSION_STARTED] = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Show the Celery scale-out numbers in the run's output when this run measured them (tests/test_celery_scale_out.py)."""
+    started = config.stash.get(_SESSION_STARTED, None)
+    if started is None or not _CELERY_REPORT.exists() or _CELERY_REPORT.stat().st_mtime < started:
+        return
+    report = json.loads(_CELERY_REPORT.read_text())
+    terminalreporter.section("Celery scale-out (tests/test_celery_scale_out.py)")
+    for name in ("overlapping_runs", "killed_worker"):
+        run = report.get(name)
+        if run:
+            bound = f" (bound {run['duplicate_bound']})" if "duplicate_bound" in run else ""
+            terminalreporter.write_line(
+                f"{name}: rows {run['rows']}, partitions {run['partitions']}, missing {run['missing']}, "
+                f"duplicates {run['duplicates']}{bound}, peak requests in flight {run['peak_requests_in_flight']}"
+            )
