@@ -218,7 +218,9 @@ def _times_from_text(values: pd.Series, zone: ZoneInfo) -> _Times:
     if iso.any():
         texts = stripped[iso]
         aware = texts.str.contains(_AWARE_TEXT, regex=True).fillna(False).to_numpy(dtype=bool)
-        parsed = _parse_iso_as_utc(texts)
+        # A copy of its own: on pandas 2.1 the parsed Series is marked as derived from a
+        # .dt accessor, and assigning into it warns (SettingWithCopyWarning) though it applies.
+        parsed = _parse_iso_as_utc(texts).copy()
         if (~aware).any():
             parsed[~aware] = _naive_to_utc(parsed[~aware], zone)
         arr = parsed.to_numpy()
