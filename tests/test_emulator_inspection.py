@@ -7,26 +7,18 @@ or ``pagent-conversions emulator``), talks to it over HTTP and stops it with SIG
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
+from test_emulator_cli import CLI, MODULE, emulator_process  # the tests directory is on sys.path
 
 from pagent_provider.testing.__main__ import DEFAULT_PORT, build_arg_parser
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-MODULE = [sys.executable, "-m", "pagent_provider.testing"]
-CLI = [sys.executable, "-m", "pagent_provider.cli", "emulator"]
 
 
 def batch(n: int, first: int = 0) -> dict:
@@ -37,35 +29,10 @@ def batch(n: int, first: int = 0) -> dict:
     }
 
 
-@contextmanager
-def emulator_process(*flags: str, command: list[str] = MODULE) -> Iterator[tuple[str, subprocess.Popen]]:
-    """The emulator on a free port with ``flags``: its URL and process; SIGTERM and wait after the block."""
-    proc = subprocess.Popen(
-        [*command, "--port", "0", *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = re.fullmatch(r"pagent emulator listening on (http://127\.0\.0\.1:\d+)\n", line)
-        if not match:
-            proc.kill()
-            pytest.fail(f"the emulator did not start: {line!r} {proc.communicate()[1]}")
-        yield match.group(1), proc
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
 @pytest.mark.parametrize("command", [MODULE, CLI], ids=["module", "cli"])
 def test_what_the_process_received_is_served_as_json(command):
-    with emulator_process("--fail-every", "3", "--echo-credentials", command=command) as (url, _):
+    with emulator_process("--fail-every", "3", "--echo-credentials", command=command) as emulator:
+        url = emulator.url
         assert requests.post(f"{url}/v1/conversions", json=batch(2), headers=AUTH, timeout=10).status_code == 200
         assert requests.post(f"{url}/v1/conversions", json=batch(1), headers={}, timeout=10).status_code == 401
         assert requests.post(f"{url}/v1/conversions", json=batch(3, 2), headers=AUTH, timeout=10).status_code == 200
@@ -96,11 +63,12 @@ def test_what_the_process_received_is_served_as_json(command):
 
 def test_dump_writes_what_was_received_on_exit(tmp_path: Path):
     dump = tmp_path / "received.json"
-    with emulator_process("--dump", str(dump)) as (url, proc):
+    with emulator_process("--dump", str(dump)) as emulator:
+        url = emulator.url
         requests.post(f"{url}/v1/conversions", json=batch(4), headers=AUTH, timeout=10).raise_for_status()
         requests.post(f"{url}/v1/conversions", json={"events": [{"revenue": 1}]}, headers=AUTH, timeout=10)
         assert not dump.exists()  # written when it stops
-    assert proc.returncode == 0
+    assert emulator.proc.returncode == 0
     document = json.loads(dump.read_text(encoding="utf-8"))
     assert document["accepted_count"] == 4 and len(document["events"]) == 4
     assert [r["status"] for r in document["requests"]] == [200, 400]
@@ -109,7 +77,8 @@ def test_dump_writes_what_was_received_on_exit(tmp_path: Path):
 def test_the_summary_counts_the_posts_in_flight_and_their_peak():
     # Three clients at once against a 0.4 s latency: all three are in flight together, and
     # an inspection request meanwhile neither waits for them nor counts among them.
-    with emulator_process("--latency-ms", "400") as (url, _):
+    with emulator_process("--latency-ms", "400") as emulator:
+        url = emulator.url
         with ThreadPoolExecutor(3) as pool:
             posts = [
                 pool.submit(requests.post, f"{url}/v1/conversions", json=batch(1, i), headers=AUTH, timeout=10)
