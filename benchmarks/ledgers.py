@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,22 +57,22 @@ def _rows(ledger: Ledger) -> int:
 
 
 def bytes_per_event(ledger: Ledger) -> LedgerSize:
-    """How many bytes ``ledger``'s table and indexes take, and how many rows they hold."""
-    name = ledger.table.name
+    """How many bytes ``ledger``'s key and claim tables and their indexes take, and how many keys they hold."""
+    names = (ledger.table.name, ledger.claims_table.name)
     dialect = ledger.engine.dialect.name
     rows = _rows(ledger)
     with ledger.engine.connect() as conn:
         if dialect == "sqlite":
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
             objects = [
-                row[0] for row in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE tbl_name = ?", (name,))
+                row[0] for row in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE tbl_name IN (?, ?)", names)
             ]
             try:
                 marks = ",".join("?" * len(objects))
                 size = conn.exec_driver_sql(
                     f"SELECT SUM(pgsize) FROM dbstat WHERE name IN ({marks})", tuple(objects)
                 ).scalar_one()
-                method = "dbstat pages of the table and its indexes"
+                method = "dbstat pages of the key and claim tables and their indexes"
             except sa.exc.OperationalError:  # a library built without dbstat
                 pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
                 free = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
@@ -80,35 +80,42 @@ def bytes_per_event(ledger: Ledger) -> LedgerSize:
                 method = "the file's pages in use (the rejects table's two included)"
             return LedgerSize("SQLite", int(size or 0), rows, method)
         if dialect == "postgresql":
-            size = conn.execute(
-                sa.text("SELECT pg_total_relation_size(CAST(:t AS regclass))"),
-                {"t": conn.dialect.identifier_preparer.format_table(ledger.table)},
-            ).scalar_one()
-            return LedgerSize("PostgreSQL", int(size), rows, "pg_total_relation_size (heap, indexes, TOAST, maps)")
+            preparer = conn.dialect.identifier_preparer
+            size = sum(
+                conn.execute(
+                    sa.text("SELECT pg_total_relation_size(CAST(:t AS regclass))"), {"t": preparer.format_table(table)}
+                ).scalar_one()
+                for table in (ledger.table, ledger.claims_table)
+            )
+            return LedgerSize(
+                "PostgreSQL", int(size), rows, "pg_total_relation_size of both tables (heap, indexes, TOAST, maps)"
+            )
         if dialect in ("mysql", "mariadb"):
-            conn.exec_driver_sql(f"ANALYZE TABLE {name}").fetchall()
-            size = conn.exec_driver_sql(
-                "SELECT DATA_LENGTH + INDEX_LENGTH FROM information_schema.TABLES"
-                " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
-                (name,),
-            ).scalar_one()
-            return LedgerSize("MariaDB", int(size), rows, "DATA_LENGTH + INDEX_LENGTH after ANALYZE TABLE")
+            size = 0
+            for name in names:
+                conn.exec_driver_sql(f"ANALYZE TABLE {name}").fetchall()
+                size += conn.exec_driver_sql(
+                    "SELECT DATA_LENGTH + INDEX_LENGTH FROM information_schema.TABLES"
+                    " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+                    (name,),
+                ).scalar_one()
+            return LedgerSize(
+                "MariaDB", int(size), rows, "DATA_LENGTH + INDEX_LENGTH of both tables after ANALYZE TABLE"
+            )
     raise ValueError(f"no size measurement for {dialect}")
 
 
-_COLUMNS = (
-    "namespace, event_key, status, content_hash, claim_id, owner_run, owner_host, owner_pid, owner_task,"
-    " owner_try, claimed_at, heartbeat_at, sent_at"
-)
+_CLAIM_COLUMNS = "claim_id, namespace, status, owner_run, owner_host, owner_pid, claimed_at, heartbeat_at, sent_at"
 
 
 def prefill(ledger: Ledger, first_key: int, count: int, *, slice_rows: int = 500_000) -> float:
-    """Write ``count`` sent rows with keys ``str(first_key)`` onwards, in key order; return the seconds it took."""
+    """Write ``count`` sent keys ``str(first_key)`` onwards in claims of 100, in key order; return the seconds it took."""
     owner = ledger.owner
-    prefix = uuid.uuid4().hex[:16]
     stamp = now_ms()
     dialect = ledger.engine.dialect.name
-    quoted = ledger.engine.dialect.identifier_preparer.format_table(ledger.table)
+    preparer = ledger.engine.dialect.identifier_preparer
+    events, claims = preparer.format_table(ledger.table), preparer.format_table(ledger.claims_table)
+    base = random.getrandbits(40) << 20  # claim ids of their own, clear of the sync's random ones
     started = time.perf_counter()
     for start in range(first_key, first_key + count, slice_rows):
         last = min(start + slice_rows, first_key + count) - 1
@@ -116,33 +123,39 @@ def prefill(ledger: Ledger, first_key: int, count: int, *, slice_rows: int = 500
             "first": start,
             "last": last,
             "ns": ledger.namespace,
-            "prefix": prefix,
+            "base": base,
             "run": owner.run_token,
             "host": owner.host,
             "pid": owner.pid,
             "stamp": stamp,
         }
-        if dialect == "sqlite":
-            sql = (
-                f"INSERT INTO {quoted} ({_COLUMNS})"
-                " WITH RECURSIVE n(i) AS (SELECT :first UNION ALL SELECT i + 1 FROM n WHERE i < :last)"
-                " SELECT :ns, CAST(i AS TEXT), 'sent', lower(hex(randomblob(16))), :prefix || printf('%016x', i / 100),"
-                " :run, :host, :pid, NULL, NULL, :stamp, :stamp, :stamp FROM n"
-            )
+        if dialect == "sqlite":  # each claim's row once: at its first key in this slice
+            numbers = "WITH RECURSIVE n(i) AS (SELECT :first UNION ALL SELECT i + 1 FROM n WHERE i < :last)"
+            statements = [
+                f"INSERT OR IGNORE INTO {claims} ({_CLAIM_COLUMNS}) {numbers}"
+                " SELECT :base + i / 100, :ns, 'sent', :run, :host, :pid, :stamp, :stamp, :stamp FROM n"
+                " WHERE i % 100 = 0 OR i = :first",
+                f"INSERT INTO {events} (namespace, event_key, content_hash, claim_id) {numbers}"
+                " SELECT :ns, CAST(i AS TEXT), lower(hex(randomblob(16))), :base + i / 100 FROM n",
+            ]
         elif dialect == "postgresql":
-            sql = (
-                f"INSERT INTO {quoted} ({_COLUMNS})"
-                " SELECT :ns, CAST(i AS TEXT), 'sent', md5(CAST(i AS TEXT)),"
-                " :prefix || lpad(to_hex(i / 100), 16, '0'),"
-                " :run, :host, :pid, NULL, NULL, :stamp, :stamp, :stamp FROM generate_series(:first, :last) AS i"
-            )
+            series = "FROM generate_series(:first, :last) AS i"
+            statements = [
+                f"INSERT INTO {claims} ({_CLAIM_COLUMNS})"
+                f" SELECT DISTINCT :base + i / 100, :ns, 'sent', :run, :host, :pid, :stamp, :stamp, :stamp {series}"
+                " ON CONFLICT DO NOTHING",
+                f"INSERT INTO {events} (namespace, event_key, content_hash, claim_id)"
+                f" SELECT :ns, CAST(i AS TEXT), md5(CAST(i AS TEXT)), :base + i / 100 {series}",
+            ]
         else:
             raise ValueError(f"no prefill for {dialect}")
         with ledger.engine.begin() as conn:
-            conn.execute(sa.text(sql), params)
+            for sql in statements:
+                conn.execute(sa.text(sql), params)
     if dialect == "postgresql":  # what autovacuum would have done by the next day
         with ledger.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql(f"VACUUM ANALYZE {quoted}")
+            for name in (events, claims):
+                conn.exec_driver_sql(f"VACUUM ANALYZE {name}")
     return time.perf_counter() - started
 
 

@@ -121,7 +121,10 @@ class Deployment:
     def ledger_status(self, order_ids: pd.Series) -> Counter:
         with self.warehouse.connect() as conn:
             rows = conn.execute(
-                sa.text("SELECT event_key, status FROM pagent_ledger WHERE namespace = :ns"),
+                sa.text(
+                    "SELECT e.event_key, COALESCE(e.status, c.status) FROM pagent_ledger e"
+                    " LEFT JOIN pagent_ledger_claims c ON c.claim_id = e.claim_id WHERE e.namespace = :ns"
+                ),
                 {"ns": defaults.PAGENT_CONN_ID},
             ).all()
         wanted = {str(k) for k in order_ids}

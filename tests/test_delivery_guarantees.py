@@ -112,10 +112,7 @@ def ledger_of(engine: sa.Engine) -> Ledger:
 
 
 def keys_with_status(engine: sa.Engine, status: str) -> set[int]:
-    t = ledger_of(engine).table
-    with engine.connect() as conn:
-        found = conn.execute(sa.select(t.c.event_key).where(t.c.namespace == worker.NAMESPACE, t.c.status == status))
-        return {int(key) for (key,) in found}
+    return {int(key) for key in ledger_of(engine).keys_with_status(status)}
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -113,10 +113,7 @@ def ledger_statuses(engine: sa.Engine) -> Counter[str]:
 
 
 def sent_keys(engine: sa.Engine) -> set[int]:
-    table = Ledger(engine, namespace="pagent_default").table
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(table.c.event_key).where(table.c.status == "sent"))
-        return {int(key) for (key,) in rows}
+    return {int(key) for key in Ledger(engine, namespace="pagent_default").keys_with_status("sent")}
 
 
 # --------------------------------------------------------------------------- 2xx that acknowledge nothing

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pagent_provider.core.ledger import CLAIMED, SENT, UNKNOWN, ClaimResult, Ledger, RejectRecord, now_ms
+from pagent_provider.core.ledger import CLAIMED, SENT, UNKNOWN, ClaimResult, Ledger, LedgerRow, RejectRecord, now_ms
 from pagent_provider.core.owner import ClaimOwner, process_is_alive, silence_ms
 
 NAMESPACE = "pagent_default"
@@ -51,11 +51,9 @@ def entries(event_keys: Sequence[str], version: str = "v1") -> list[tuple[str, s
     return [(key, digest(key, version)) for key in event_keys]
 
 
-def rows_of(ledger: Ledger, event_keys: Sequence[str]) -> dict[str, sa.Row]:
-    t = ledger.table
-    with ledger.engine.connect() as conn:
-        found = conn.execute(sa.select(t).where(t.c.namespace == ledger.namespace, t.c.event_key.in_(event_keys)))
-        return {row.event_key: row for row in found}
+def rows_of(ledger: Ledger, event_keys: Sequence[str]) -> dict[str, LedgerRow]:
+    """What the ledger holds for these keys, each with its claim's owner and heartbeat."""
+    return ledger.lookup(list(event_keys))
 
 
 def run_together(*jobs: Callable[[], object]) -> list[object]:
@@ -95,10 +93,14 @@ def assert_partition(results: Sequence[ClaimResult], wanted: Sequence[Sequence[s
         assert not result.claimed & set(result.claimed_elsewhere)
 
 
-def age_heartbeat(ledger: Ledger, claim_id: str, seconds: float) -> None:
-    t = ledger.table
+def age_heartbeat(ledger: Ledger, claim_id: int, seconds: float) -> None:
+    """Set the last heartbeat of one claim (its row in the claims table) ``seconds`` into the past."""
+    c = ledger.claims_table
     with ledger.engine.begin() as conn:
-        conn.execute(t.update().where(t.c.claim_id == claim_id).values(heartbeat_at=now_ms() - int(seconds * 1000)))
+        aged = conn.execute(
+            c.update().where(c.c.claim_id == claim_id).values(heartbeat_at=now_ms() - int(seconds * 1000))
+        )
+        assert aged.rowcount == 1, "the claim to age is not in the claims table"
 
 
 @pytest.fixture
@@ -125,7 +127,7 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0, what: str
 
 
 def test_tables_are_created_on_first_use_idempotently_even_when_workers_race(engine):
-    """Four workers creating the tables at once: each finds both tables there as soon as its call returns."""
+    """Four workers creating the tables at once: each finds all three tables there as soon as its call returns."""
     table = "conv_ledger"
     assert not Ledger(engine, namespace=NAMESPACE, table_name=table).tables_exist()
     inspector_names: list[set[str]] = []
@@ -136,7 +138,9 @@ def test_tables_are_created_on_first_use_idempotently_even_when_workers_race(eng
 
     run_together(*[create_and_look] * 4)
     for names in inspector_names:
-        assert {table, f"{table}_rejects"} <= names, f"create_tables returned before the tables existed: {names}"
+        assert {table, f"{table}_claims", f"{table}_rejects"} <= names, (
+            f"create_tables returned before the tables existed: {names}"
+        )
     again = Ledger(engine, namespace=NAMESPACE, table_name=table)
     again.create_tables()  # and once more, when everything is there
     assert again.tables_exist()
@@ -285,9 +289,12 @@ def test_a_zombie_owner_counts_as_gone(tmp_path, sleeping_child):
 
 def age_heartbeats(ledger: Ledger, by_ms: int) -> None:
     """Move every claim's last heartbeat ``by_ms`` into the past, as if its owner had gone quiet."""
-    t = ledger.table
+    c = ledger.claims_table
     with ledger.engine.begin() as conn:
-        conn.execute(t.update().where(t.c.namespace == ledger.namespace).values(heartbeat_at=t.c.heartbeat_at - by_ms))
+        aged = conn.execute(
+            c.update().where(c.c.namespace == ledger.namespace).values(heartbeat_at=c.c.heartbeat_at - by_ms)
+        )
+        assert aged.rowcount >= 1, "no claim to age in the claims table"
 
 
 def test_claim_of_an_earlier_try_of_the_same_task_instance_is_taken_over_once_it_is_silent(engine):

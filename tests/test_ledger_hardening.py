@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pagent_provider.core.ledger import CLAIMED, SENT, UNKNOWN, ClaimResult, Ledger, RejectRecord
+from pagent_provider.core.ledger import CLAIMED, SENT, UNKNOWN, ClaimResult, Ledger, RejectRecord, build_tables
 from pagent_provider.core.ledger_dialects import DIALECTS, DUCKDB, MYSQL, POSTGRESQL, SQLITE, ledger_dialect
 from pagent_provider.core.ledger_retry import is_transient
+from pagent_provider.core.ledger_statements import joined, key_status
 from pagent_provider.core.owner import ClaimOwner
 from pagent_provider.exceptions import PagentLedgerError, PagentLedgerUnavailableError
 
@@ -95,9 +96,22 @@ def entries(event_keys: Sequence[str], version: str = "v1") -> list[tuple[str, s
 
 
 def stored(ledger: Ledger) -> dict[str, sa.Row]:
-    t = ledger.table
+    """Every key of the namespace as stored: its effective status, and its claim's owner and heartbeat."""
+    t, c = ledger.table, ledger.claims_table
+    query = (
+        sa.select(
+            t.c.event_key,
+            key_status(ledger.tables).label("status"),
+            t.c.content_hash,
+            t.c.claim_id,
+            c.c.owner_run,
+            c.c.heartbeat_at,
+        )
+        .select_from(joined(ledger.tables))
+        .where(t.c.namespace == ledger.namespace)
+    )
     with ledger.engine.connect() as conn:
-        return {row.event_key: row for row in conn.execute(sa.select(t).where(t.c.namespace == ledger.namespace))}
+        return {row.event_key: row for row in conn.execute(query)}
 
 
 def create_old_tables(engine: sa.Engine, table_name: str = "pagent_ledger") -> None:
@@ -137,6 +151,26 @@ def create_old_tables(engine: sa.Engine, table_name: str = "pagent_ledger") -> N
         sa.Index(f"ix_{table_name}_rejects_ns", "namespace", "recorded_at"),
     )
     metadata.create_all(engine)
+
+
+def create_collapsing_tables(engine: sa.Engine, table_name: str = "pagent_ledger") -> None:
+    """The current layout's tables with plain VARCHAR keys, in the database's collation (as if made by hand)."""
+    build_tables(table_name, sa.String).metadata.create_all(engine)
+
+
+def insert_sent_in_current_layout(engine: sa.Engine, event_keys: Sequence[str], claim_id: int = 1) -> None:
+    """``event_keys`` sent, by one claim, written straight into the current layout's tables."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO pagent_ledger_claims (claim_id, namespace, status, owner_run, claimed_at, heartbeat_at)"
+            " VALUES (%s, %s, 'sent', 'r0', 0, 0)",
+            (claim_id, NAMESPACE),
+        )
+        for key in event_keys:
+            conn.exec_driver_sql(
+                "INSERT INTO pagent_ledger (namespace, event_key, content_hash, claim_id) VALUES (%s, %s, 'h', %s)",
+                (NAMESPACE, key, claim_id),
+            )
 
 
 def insert_sent_the_old_way(engine: sa.Engine, event_keys: Sequence[str]) -> None:
@@ -218,18 +252,27 @@ def test_the_mariadb_key_columns_are_varbinary(mariadb):
             " WHERE TABLE_SCHEMA = DATABASE() AND DATA_TYPE = 'varbinary' ORDER BY TABLE_NAME, COLUMN_NAME"
         ).all()
     assert [(table, column) for table, column, _, _ in found] == [
-        ("pagent_ledger", "claim_id"),
         ("pagent_ledger", "event_key"),
         ("pagent_ledger", "namespace"),
-        ("pagent_ledger", "owner_run"),
+        ("pagent_ledger_claims", "namespace"),
+        ("pagent_ledger_claims", "owner_run"),
         ("pagent_ledger_rejects", "event_key"),
     ]
     assert {collation for *_, collation in found} == {None}
+    with mariadb.connect() as conn:  # the claim ids are numbers now, with nothing to compare but their value
+        claim_ids = conn.exec_driver_sql(
+            "SELECT TABLE_NAME, DATA_TYPE FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = DATABASE() AND COLUMN_NAME = 'claim_id' ORDER BY TABLE_NAME"
+        ).all()
+    assert [tuple(row) for row in claim_ids] == [("pagent_ledger", "bigint"), ("pagent_ledger_claims", "bigint")]
 
 
 @pytest.mark.parametrize("database", ["utf8mb4", "latin1"])
 def test_an_old_mariadb_table_is_refused_with_the_statements_that_fix_it(request, database):
-    """A table of the previous version: refused; after the given ALTERs, ABC and abc are two keys."""
+    """Tables of the previous version: the key table is moved to byte-exact columns, the rejects table refused.
+
+    After the given ALTERs, ABC and abc are two keys.
+    """
     engine = request.getfixturevalue("mariadb" if database == "utf8mb4" else "mariadb_latin1")
     create_old_tables(engine)
     insert_sent_the_old_way(engine, ["ABC", "\u00e9", "x"])
@@ -238,10 +281,21 @@ def test_an_old_mariadb_table_is_refused_with_the_statements_that_fix_it(request
     with pytest.raises(PagentLedgerError, match="earlier version") as refused:
         ledger.create_tables()
     message = str(refused.value)
-    assert "pagent_ledger.event_key" in message and "_ci" in message
+    assert "pagent_ledger_rejects.event_key" in message and "_ci" in message
+    assert "pagent_ledger.event_key" not in message  # moved to the current layout, in VARBINARY, before the check
+    with engine.connect() as conn:
+        key_types = conn.exec_driver_sql(
+            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+            " AND TABLE_NAME = 'pagent_ledger' AND COLUMN_NAME IN ('namespace', 'event_key')"
+        ).all()
+    assert {column: data_type for column, data_type in key_types} == {
+        "namespace": "varbinary",
+        "event_key": "varbinary",
+    }
+    assert "pagent_ledger_layout1" in sa.inspect(engine).get_table_names()
     statements = statements_in(message)
     assert statements and all(statement.endswith(";") for statement in statements)
-    assert any("pagent_ledger_rejects" in statement for statement in statements)
+    assert all("pagent_ledger_rejects" in statement for statement in statements)
     assert any("CHARACTER SET utf8mb4" in statement for statement in statements) == (database == "latin1")
 
     run_statements(engine, statements)
@@ -252,8 +306,8 @@ def test_an_old_mariadb_table_is_refused_with_the_statements_that_fix_it(request
 
 
 def test_a_claim_on_a_collapsing_table_raises_instead_of_dropping_keys(mariadb):
-    """Without the start-up check (an old table): a clear PagentLedgerError, never a KeyError or a lost key."""
-    create_old_tables(mariadb)
+    """Without the start-up check (a collapsing table): a clear PagentLedgerError, never a KeyError or a lost key."""
+    create_collapsing_tables(mariadb)
     ledger = Ledger(mariadb, namespace=NAMESPACE)  # create_tables() not called: the check does not run
 
     with pytest.raises(PagentLedgerError, match="byte-exactly") as merged:
@@ -261,7 +315,7 @@ def test_a_claim_on_a_collapsing_table_raises_instead_of_dropping_keys(mariadb):
     assert "pagent_ledger" in str(merged.value)
     assert ledger.count_by_status() == {}, "the failed claim was not given back"
 
-    insert_sent_the_old_way(mariadb, ["ABC"])
+    insert_sent_in_current_layout(mariadb, ["ABC"])
     with pytest.raises(PagentLedgerError, match="not asked for"):  # used to be a bare KeyError
         ledger.claim(entries(["abc"]))
     assert ledger.count_by_status() == {SENT: 1}
@@ -273,7 +327,7 @@ def test_a_nondeterministic_postgresql_collation_is_refused_and_caught(postgres)
         conn.exec_driver_sql(
             "CREATE COLLATION case_insensitive (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
         )
-    create_old_tables(postgres)
+    create_collapsing_tables(postgres)
     with postgres.begin() as conn:
         conn.exec_driver_sql(
             "ALTER TABLE pagent_ledger ALTER COLUMN event_key TYPE VARCHAR(255) COLLATE case_insensitive"
@@ -341,19 +395,19 @@ def test_the_table_of_dialects():
     for name, dialect in DIALECTS.items():  # each claim statement compiles for its own database
         if name == "duckdb" and importlib.util.find_spec("duckdb_engine") is None:
             continue
-        columns = [sa.Column("event_key", dialect.key_type(10)), sa.Column("claim_id", dialect.key_type(32))]
-        statement = dialect.claim_insert(sa.Table("t", sa.MetaData(), *columns))
+        columns = [sa.Column("event_key", dialect.key_type(10)), sa.Column("claim_id", sa.BigInteger)]
+        statement = dialect.insert_if_absent(sa.Table("t", sa.MetaData(), *columns))
         sql = str(statement.compile(dialect=sa.engine.make_url(f"{name}://").get_dialect()()))
         assert sql.startswith("INSERT")
 
 
 def test_a_claim_result_that_does_not_add_up_is_named():
-    result = ClaimResult(claim_id="c", claimed={"a"}, already_sent=["b"], changed_after_send=["b"])
+    result = ClaimResult(claim_id=1, claimed={"a"}, already_sent=["b"], changed_after_send=["b"])
     assert result.unaccounted({"a", "b"}) is None
     assert "without an outcome" in str(result.unaccounted({"a", "b", "c"}))
     assert "not asked for" in str(result.unaccounted({"a"}))
-    assert "two outcomes" in str(ClaimResult(claim_id="c", claimed={"a"}, duplicate_keys=["a"]).unaccounted({"a"}))
-    outside = ClaimResult(claim_id="c", already_sent=["a"], unknown_taken_over={"a"})
+    assert "two outcomes" in str(ClaimResult(claim_id=1, claimed={"a"}, duplicate_keys=["a"]).unaccounted({"a"}))
+    outside = ClaimResult(claim_id=1, already_sent=["a"], unknown_taken_over={"a"})
     assert "outside" in str(outside.unaccounted({"a"}))
 
 
@@ -507,7 +561,7 @@ def test_errors_that_retrying_cannot_cure_are_raised_at_once(locked_ledger, capl
     with pytest.raises(sa.exc.IntegrityError):
         ledger.record_rejects([RejectRecord("r", "f", "why", None)])  # type: ignore[arg-type]  # NOT NULL
     with ledger.engine.begin() as conn:
-        conn.exec_driver_sql("DROP TABLE pagent_ledger")
+        conn.exec_driver_sql("DROP TABLE pagent_ledger_claims")  # what marking a claim sent writes
     with pytest.raises(sa.exc.OperationalError, match="no such table"):
         ledger.mark_claims_sent([claim.claim_id])
     assert time.monotonic() - started < 2
@@ -588,7 +642,8 @@ def test_skipping_an_abandoned_claim_survives_a_lost_answer(engine):
     dead = make_ledger(engine, claim_timeout_s=5)
     claim = dead.claim(entries(keys(10)))
     with engine.begin() as conn:
-        conn.execute(dead.table.update().values(heartbeat_at=0))
+        claims = dead.claims_table
+        conn.execute(claims.update().where(claims.c.claim_id == claim.claim_id).values(heartbeat_at=0))
     skipping = make_ledger(engine, claim_timeout_s=5, unknown_outcome="skip", write_retry_s=30)
     with every_first_answer_lost(engine) as lost:
         result = skipping.claim(entries(keys(10)))
@@ -649,7 +704,7 @@ def test_claims_and_marks_survive_connections_terminated_all_along(postgres, pg_
     thread.start()
     results: list[ClaimResult] = []
     try:
-        previous: list[str] = []
+        previous: list[int] = []
         window = 0
         # at least 40 windows, and on until 20 connections were terminated under the ledger
         while window < 40 or (sum(kills) < 20 and window < 1000):

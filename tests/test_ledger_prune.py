@@ -8,6 +8,7 @@ selected again is sent again (the documented trade-off).
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -24,22 +25,37 @@ DAY_MS = 86_400_000
 
 
 def backdate(ledger: Ledger, keys: list[str], days: float) -> None:
-    """Move the claim and send times of ``keys`` ``days`` into the past."""
-    t = ledger.table
+    """Move the claim and send times of ``keys`` ``days`` into the past.
+
+    The times live on the claims: ``keys`` move to a copy of their claim made
+    ``days`` ago (sent then if it was sent), as if an earlier run had claimed
+    them, and the other keys of their claim keep its times.
+    """
+    t, c = ledger.table, ledger.claims_table
     stamp = now_ms() - round(days * DAY_MS)
     with ledger.engine.begin() as conn:
-        conn.execute(
-            t.update()
-            .where(t.c.namespace == ledger.namespace, t.c.event_key.in_(keys))
-            .values(claimed_at=stamp, heartbeat_at=stamp, sent_at=sa.case((t.c.status == SENT, stamp), else_=None))
-        )
+        where = (t.c.namespace == ledger.namespace, t.c.event_key.in_(keys))
+        claim_ids = set(conn.execute(sa.select(t.c.claim_id).where(*where)).scalars())
+        assert claim_ids, "no key to backdate"
+        for claim_id in claim_ids:
+            claim = conn.execute(sa.select(c).where(c.c.claim_id == claim_id)).one()._asdict()
+            old_id = secrets.randbits(63)
+            sent_at = stamp if claim["sent_at"] is not None else None
+            conn.execute(
+                c.insert().values(
+                    {**claim, "claim_id": old_id, "claimed_at": stamp, "heartbeat_at": stamp, "sent_at": sent_at}
+                )
+            )
+            conn.execute(t.update().where(*where, t.c.claim_id == claim_id).values(claim_id=old_id))
 
 
 def statuses(ledger: Ledger) -> dict[str, str]:
+    """Every key of the ledger's namespace with its effective status (its own, else its claim's)."""
     t = ledger.table
     with ledger.engine.connect() as conn:
-        rows = conn.execute(sa.select(t.c.event_key, t.c.status).where(t.c.namespace == ledger.namespace))
-        return dict(rows.all())
+        rows = conn.execute(sa.select(t.c.event_key).where(t.c.namespace == ledger.namespace))
+        event_keys = list(rows.scalars())
+    return {key: row.status for key, row in ledger.lookup(event_keys).items()}
 
 
 def test_only_old_sent_keys_are_pruned_in_batches(engine):

@@ -78,14 +78,22 @@ def statements_run(engine: sa.Engine) -> Iterator[list[tuple[str, bool]]]:
         sa.event.remove(engine, "before_cursor_execute", record)
 
 
-def writes(seen: Sequence[tuple[str, bool]], verb: str) -> list[tuple[str, bool]]:
-    return [(sql, many) for sql, many in seen if sql.lstrip().upper().startswith(verb)]
+def writes(seen: Sequence[tuple[str, bool]], verb: str, table: str | None = None) -> list[tuple[str, bool]]:
+    """The statements starting with ``verb``; with ``table``, only those on that table (``INSERT INTO t``...)."""
+    found = [(sql, many) for sql, many in seen if sql.lstrip().upper().startswith(verb)]
+    if table is None:
+        return found
+    position = 1 if verb == "UPDATE" else 2  # UPDATE t / INSERT INTO t / DELETE FROM t
+    return [(sql, many) for sql, many in found if sql.split()[position] == table]
+
+
+EVENTS, CLAIMS = "pagent_ledger", "pagent_ledger_claims"
 
 
 def reference(ledger: Ledger, namespace: str | None = None) -> LedgerStatements:
     """The SQLAlchemy Core statements on the same table: what every faster path must agree with."""
     return LedgerStatements(
-        ledger.database, ledger.table, namespace or ledger.namespace, ledger.owner, ledger.engine.dialect
+        ledger.database, ledger.tables, namespace or ledger.namespace, ledger.owner, ledger.engine.dialect
     )
 
 
@@ -139,7 +147,7 @@ def test_a_second_claim_of_the_same_keys_inserts_nothing_and_reports_them(engine
     claim = first.claim(entries(keys))
     first.mark_sent(claim.claim_id, keys[:100])
     with engine.begin() as conn:
-        assert second._sql.insert_if_absent(conn, sorted((k, digest(k), "c2") for k in keys), 1) in (None, set())
+        assert second._sql.insert_if_absent(conn, sorted((k, digest(k), 2) for k in keys), 1) in (None, set())
     again = second.claim(entries(keys))
     assert again.claimed == set()
     assert sorted(again.already_sent) == sorted(keys[:100])
@@ -170,7 +178,7 @@ def postgres(postgres_url: str) -> Iterator[sa.Engine]:
 
 def test_on_postgresql_a_window_is_one_insert_and_its_marks_one_update(postgres):
     ledger = make_ledger(postgres)
-    sent: list[str] = []
+    sent: list[int] = []
     keys = [f"order-{i}" for i in range(2_037)]
     with statements_run(postgres) as seen:
         for size in (400, 800, 37, 800):  # windows of 4, 8 and 1 batches
@@ -178,9 +186,15 @@ def test_on_postgresql_a_window_is_one_insert_and_its_marks_one_update(postgres)
             claims = ledger.claim_batches(next(windows(window_keys, size)), mark_sent=sent)
             sent = [claim.claim_id for claim in claims]
         ledger.mark_claims_sent(sent)
-    inserts, updates = writes(seen, "INSERT"), writes(seen, "UPDATE")
+    inserts, updates = writes(seen, "INSERT", EVENTS), writes(seen, "UPDATE", CLAIMS)
     assert len(inserts) == 4 and len(updates) == 4  # one per window; the first window marks nothing
-    assert not any(many for _, many in seen), "an executemany: one round trip (and GIL wait) per row"
+    assert writes(seen, "UPDATE") == updates  # a mark writes the claims' rows, none of their keys'
+    # the claims' own rows (one per batch) are one Core statement per window, the only executemany
+    claim_rows = writes(seen, "INSERT", CLAIMS)
+    assert len(claim_rows) == 4 and len(writes(seen, "INSERT")) == 8
+    assert not any(many for sql, many in seen if (sql, many) not in claim_rows), (
+        "an executemany: one round trip (and GIL wait) per row"
+    )
     assert len({sql for sql, _ in inserts}) == 1 and len({sql for sql, _ in updates}) == 1  # one text: parsed once
     assert "unnest" in inserts[0][0] and "ANY" in updates[0][0]
     assert max(len(sql) for sql, _ in seen) < 2_000  # short enough for psycopg's query cache
@@ -198,7 +212,7 @@ def test_psycopg_gets_its_arrays_in_binary_and_other_drivers_through_sqlalchemy_
     with statements_run(postgres) as seen:
         fast.claim(entries(["a", "b"]))
     if postgres.dialect.driver == "psycopg":
-        assert "%(keys)b" in writes(seen, "INSERT")[0][0]
+        assert "%(keys)b" in writes(seen, "INSERT", EVENTS)[0][0]
     url = sa.engine.make_url(postgres_url).set(drivername="postgresql+psycopg2")
     other = sa.create_engine(url)
     try:
@@ -209,7 +223,8 @@ def test_psycopg_gets_its_arrays_in_binary_and_other_drivers_through_sqlalchemy_
         assert [claim.claimed for claim in claims] == [set(AWKWARD_KEYS[:10]), set(AWKWARD_KEYS[10:])]
         assert set(ledger.sent_hashes(AWKWARD_KEYS)) == set(AWKWARD_KEYS[:10])
         assert set(ledger.lookup(AWKWARD_KEYS)) == set(AWKWARD_KEYS)
-        assert len(writes(seen, "INSERT")) == 1 and "%(keys)b" not in writes(seen, "INSERT")[0][0]
+        assert len(writes(seen, "INSERT", EVENTS)) == 1 and "%(keys)b" not in writes(seen, "INSERT", EVENTS)[0][0]
+        assert len(writes(seen, "INSERT", CLAIMS)) == 1 and len(writes(seen, "UPDATE", CLAIMS)) == 1
     finally:
         other.dispose()
 
@@ -222,7 +237,9 @@ def test_on_postgresql_marks_and_releases_by_key_are_one_statement(postgres):
         ledger.mark_sent(claim.claim_id, keys[:600])
         ledger.mark_unknown(claim.claim_id, keys[600:900], "lost")
         ledger.release(claim.claim_id, keys[900:])
-    assert len(writes(seen, "UPDATE")) == 2 and len(writes(seen, "DELETE")) == 1
+    assert len(writes(seen, "UPDATE", EVENTS)) == 2 and len(writes(seen, "DELETE", EVENTS)) == 1
+    # and the claim's sent_at (when its keys were sent, for a prune): one more, on its one row
+    assert len(writes(seen, "UPDATE", CLAIMS)) == 1 and len(seen) == 4
     assert ledger.count_by_status() == {"sent": 600, "unknown": 300}
 
 
@@ -253,17 +270,21 @@ def sqlite_ledger(tmp_path: Path) -> Iterator[Ledger]:
 def test_on_sqlite_the_statements_are_built_once_and_run_without_executemany(sqlite_ledger):
     ledger = sqlite_ledger
     keys = [f"order-{i}" for i in range(3_333)]
-    sent: list[str] = []
+    sent: list[int] = []
     with statements_run(ledger.engine) as seen:
         for window in windows(keys):
             claims = ledger.claim_batches(window, mark_sent=sent)
             sent = [claim.claim_id for claim in claims]
         ledger.mark_claims_sent(sent)
         assert len(ledger.sent_hashes(keys + ["x"] * 7_000)) == 3_333
-    inserts, updates = writes(seen, "INSERT"), writes(seen, "UPDATE")
+    inserts, updates = writes(seen, "INSERT", EVENTS), writes(seen, "UPDATE", CLAIMS)
     assert len(inserts) == 9  # one per window of 400 rows
     assert len(updates) == 9  # one per window after the first, and the last
-    assert not any(many for _, many in seen)
+    assert writes(seen, "UPDATE") == updates  # a mark writes the claims' rows, none of their keys'
+    # the claims' own rows (one per batch) are one Core statement per window, the only executemany
+    claim_rows = writes(seen, "INSERT", CLAIMS)
+    assert len(claim_rows) == 9 and len(writes(seen, "INSERT")) == 18
+    assert not any(many for sql, many in seen if (sql, many) not in claim_rows)
     # a few texts, each prepared once by sqlite3 and found in its statement cache afterwards
     assert len({sql for sql, _ in inserts}) == 2  # 400 rows, and the last 133
     assert len({sql for sql, _ in updates}) == 1  # 4 claim ids, padded to 8
@@ -272,7 +293,7 @@ def test_on_sqlite_the_statements_are_built_once_and_run_without_executemany(sql
 
 
 def test_on_sqlite_a_library_allowing_999_parameters_gets_smaller_statements(tmp_path):
-    """SQLite before 3.32 (Ubuntu 20.04's 3.31) allows 999 parameters per statement: 330 rows of 3, and 7 shared."""
+    """SQLite before 3.32 (Ubuntu 20.04's 3.31) allows 999 parameters per statement: 332 rows of 3, and 1 shared."""
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
 
     @sa.event.listens_for(engine, "connect")
@@ -287,7 +308,9 @@ def test_on_sqlite_a_library_allowing_999_parameters_gets_smaller_statements(tmp
             ledger.mark_claims_sent([claim.claim_id for claim in claims])
             assert len(ledger.sent_hashes(keys)) == 1_000
         assert [claim.claimed for claim in claims] == [set(keys[i : i + 100]) for i in range(0, 1_000, 100)]
-        assert len(writes(seen, "INSERT")) == 4  # 330 + 330 + 330 + 10
+        rows = [sql.count("(?1,") for sql, _ in writes(seen, "INSERT", EVENTS)]
+        assert rows == [332, 332, 332, 4]  # (999 - 1) // 3 rows each: the namespace once, 3 per key
+        assert len(writes(seen, "INSERT", CLAIMS)) == 1  # the 10 claims' own rows
     finally:
         engine.dispose()
 
@@ -316,7 +339,7 @@ def test_the_statements_quote_a_schema_qualified_table(postgres):
 
 
 def test_a_ledger_written_by_the_core_statements_still_stops_every_resend(engine, pagent_emulator):
-    """Rows the previous release wrote (the Core statements, the same table) keep every key from going out twice."""
+    """Rows the Core statements wrote (keys and claims, the same tables) keep the fast path from resending any key."""
     import pandas as pd
 
     from pagent_provider.core.client import PagentClient

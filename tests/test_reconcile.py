@@ -112,9 +112,7 @@ def stored(emulator: IngestEmulator) -> set[int]:
 
 
 def keys_with_status(engine: sa.Engine, status: str) -> set[int]:
-    table = Ledger(engine, namespace=NAMESPACE).table
-    with engine.connect() as conn:
-        return {int(key) for (key,) in conn.execute(sa.select(table.c.event_key).where(table.c.status == status))}
+    return {int(key) for key in Ledger(engine, namespace=NAMESPACE).keys_with_status(status)}
 
 
 def set_amount(warehouse: sa.Engine, order_ids: set[int], delta: Decimal) -> None:

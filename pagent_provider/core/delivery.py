@@ -82,7 +82,7 @@ class PendingEvent(NamedTuple):
 class BatchOutcome:
     """What happened to each event of one batch."""
 
-    claim_id: str | None
+    claim_id: int | None
     sent: list[PendingEvent] = field(default_factory=list)
     accepted: int = 0
     requests: int = 0
@@ -94,7 +94,7 @@ class BatchOutcome:
 
 
 def deliver_batch(
-    send: SendEncoded, events: list[PendingEvent], claim_id: str | None, budget: RefusalBudget | None = None
+    send: SendEncoded, events: list[PendingEvent], claim_id: int | None, budget: RefusalBudget | None = None
 ) -> BatchOutcome:
     """Send ``events`` as one request through ``send``, bisecting on 400/413; never raises.
 

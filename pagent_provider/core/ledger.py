@@ -4,13 +4,16 @@ pagent has no idempotency key, so whatever is sent twice is counted twice. The
 ledger is a table, kept in PostgreSQL, MySQL/MariaDB or SQLite (what each of
 them offers, and why others are refused, is in
 :mod:`pagent_provider.core.ledger_dialects`), with one row per
-``(namespace, event_key)``, keys compared byte for byte:
+``(namespace, event_key)``, keys compared byte for byte, beside a row per
+claim (a batch) in ``<table>_claims`` that holds what its keys share: the
+owner, the heartbeat and the status (a key whose fate differs from its
+batch's carries its own). A key's status is one of:
 
 ``claimed``
     a run is sending it now. The claim is taken atomically (insert-if-absent
-    under the primary key), so two workers can never both claim one key. It
-    records its owner (host, process, Airflow task instance and try) and a
-    heartbeat.
+    under the primary key), so two workers can never both claim one key. Its
+    claim records the owner (host, process, Airflow task instance and try) and
+    a heartbeat.
 ``sent``
     pagent acknowledged it. Later runs skip it.
 ``unknown``
@@ -29,9 +32,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import re
 import time
-import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -40,8 +43,19 @@ import sqlalchemy as sa
 
 from pagent_provider.core import defaults
 from pagent_provider.core.ledger_dialects import LedgerDialect, ledger_dialect
+from pagent_provider.core.ledger_migration import migrate_layout_1
 from pagent_provider.core.ledger_retry import LedgerRetry
-from pagent_provider.core.ledger_statements import CLAIMED, SENT, UNKNOWN, ClaimRow, LedgerStatements, slices
+from pagent_provider.core.ledger_statements import (
+    CLAIMED,
+    SENT,
+    UNKNOWN,
+    ClaimRow,
+    LedgerStatements,
+    LedgerTables,
+    joined,
+    key_status,
+    slices,
+)
 from pagent_provider.core.owner import ClaimOwner, silence_ms
 from pagent_provider.exceptions import PagentConfigError, PagentLedgerError
 
@@ -90,13 +104,13 @@ class LedgerRow:
     event_key: str
     status: str
     content_hash: str
-    claim_id: str
-    owner_run: str
+    claim_id: int
+    owner_run: str | None
     owner_host: str | None
     owner_pid: int | None
     owner_task: str | None
     owner_try: int | None
-    heartbeat_at: int
+    heartbeat_at: int | None
 
 
 @dataclass
@@ -119,7 +133,7 @@ class ClaimResult:
         duplicate_keys: keys this same run has already handled (the source repeats them).
     """
 
-    claim_id: str
+    claim_id: int
     claimed: set[str] = field(default_factory=set)
     already_sent: list[str] = field(default_factory=list)
     changed_after_send: list[str] = field(default_factory=list)
@@ -186,8 +200,8 @@ def storable(text: str, limit: int) -> str:
 
 def build_tables(
     table_name: str, key: Callable[[int], sa.types.TypeEngine[str]], *, ids_from_sequence: bool = False
-) -> tuple[sa.MetaData, sa.Table, sa.Table]:
-    """The ledger and rejects tables; ``key`` is the dialect's type of a byte-exact key column.
+) -> LedgerTables:
+    """The ledger's tables; ``key`` is the dialect's type of a byte-exact key column.
 
     ``ids_from_sequence``: the rejects' ids come from an explicit sequence
     (DuckDB has neither SERIAL nor AUTO_INCREMENT).
@@ -195,14 +209,28 @@ def build_tables(
     schema, name = _table_parts(table_name)
     id_default = (sa.Sequence(f"{name}_rejects_id_seq", schema=schema),) if ids_from_sequence else ()
     metadata = sa.MetaData(schema=schema)
-    ledger = sa.Table(
+    events = sa.Table(
         name,
         metadata,
-        sa.Column("namespace", key(128), primary_key=True),
-        sa.Column("event_key", key(MAX_KEY_LENGTH), primary_key=True),
-        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("namespace", key(128), nullable=False),
+        sa.Column("event_key", key(MAX_KEY_LENGTH), nullable=False),
         sa.Column("content_hash", sa.String(64), nullable=False),
-        sa.Column("claim_id", key(32), nullable=False),
+        sa.Column("claim_id", sa.BigInteger, nullable=False),
+        # NULL: the status of its claim; set only where the key's fate differs from its batch's
+        sa.Column("status", sa.String(16)),
+        sa.Column("detail", sa.String(1000)),
+        # named: a table renamed by the migration keeps its own primary key's name
+        sa.PrimaryKeyConstraint("namespace", "event_key", name=f"pk_{name}"),
+        # the rows are the primary key's b-tree, not a second copy beside it
+        sqlite_with_rowid=False,
+        **_TEXT_TABLE_OPTIONS,
+    )
+    claims = sa.Table(
+        f"{name}_claims",
+        metadata,
+        sa.Column("claim_id", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("namespace", key(128), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
         sa.Column("owner_run", key(32), nullable=False),
         sa.Column("owner_host", sa.String(255)),
         sa.Column("owner_pid", sa.Integer),
@@ -212,7 +240,6 @@ def build_tables(
         sa.Column("heartbeat_at", sa.BigInteger, nullable=False),
         sa.Column("sent_at", sa.BigInteger),
         sa.Column("detail", sa.String(1000)),
-        sa.Index(f"ix_{name}_claim", "namespace", "claim_id"),
         **_TEXT_TABLE_OPTIONS,
     )
     rejects = sa.Table(
@@ -232,7 +259,7 @@ def build_tables(
         sa.Index(f"ix_{name}_rejects_ns", "namespace", "recorded_at"),
         **_TEXT_TABLE_OPTIONS,
     )
-    return metadata, ledger, rejects
+    return LedgerTables(metadata, events, claims, rejects)
 
 
 class Ledger:
@@ -284,16 +311,19 @@ class Ledger:
         self.table_name = table_name
         self.claim_timeout_ms = int(claim_timeout_s * 1000)
         self.unknown_outcome: UnknownOutcomePolicy = unknown_outcome
-        self.metadata, self.table, self.rejects_table = build_tables(
+        self.tables = build_tables(
             table_name, self.database.key_type, ids_from_sequence=self.database.ids_from_sequence
         )
+        self.metadata, self.table, self.claims_table, self.rejects_table = self.tables
         self._retry = LedgerRetry(budget_s=write_retry_s, permanent=self.database.permanent, table=table_name)
         # Claims, marks and lookups: one statement per window or chunk, built once.
         self._sql: LedgerStatements = self.database.statements(
-            self.database, self.table, namespace, self.owner, engine.dialect
+            self.database, self.tables, namespace, self.owner, engine.dialect
         )
-        self._claim_prefix = uuid.uuid4().hex[:16]
-        self._claim_counter = itertools.count()
+        # 63 random bits per claim: ids never repeat in practice, and no urandom call per batch
+        self._claim_ids = random.Random()
+        # the keys of this object's claims still in flight: whole-claim releases delete by key
+        self._claim_keys: dict[int, set[str]] = {}
         if self.database.prepare_engine is not None:
             self.database.prepare_engine(engine)
 
@@ -330,6 +360,7 @@ class Ledger:
         """
         if self.database.before_create is not None:
             self.database.before_create(self.engine)
+        migrate_layout_1(self)
         self._create_missing_tables()
         if self.database.check_key_columns is not None:
             with self.engine.connect() as conn:
@@ -349,13 +380,13 @@ class Ledger:
                 if attempt == attempts:
                     inspector = sa.inspect(self.engine)
                     schema = self.table.schema
-                    if not all(inspector.has_table(t.name, schema=schema) for t in (self.table, self.rejects_table)):
+                    if not all(inspector.has_table(t.name, schema=schema) for t in self.tables[1:]):
                         raise
 
     def _key_columns(self) -> list[sa.Column[str]]:
         """The columns that must compare byte-exactly, grouped by table."""
-        t = self.table
-        return [t.c.namespace, t.c.event_key, t.c.claim_id, t.c.owner_run, self.rejects_table.c.event_key]
+        t, c = self.table, self.claims_table
+        return [t.c.namespace, t.c.event_key, c.c.namespace, c.c.owner_run, self.rejects_table.c.event_key]
 
     def tables_exist(self) -> bool:
         """True when the ledger table is there."""
@@ -382,9 +413,23 @@ class Ledger:
 
     def count_by_status(self) -> dict[str, int]:
         """How many keys of this namespace are in each status."""
-        t = self.table
-        query = sa.select(t.c.status, sa.func.count()).where(t.c.namespace == self.namespace).group_by(t.c.status)
+        status = key_status(self.tables)
+        query = (
+            sa.select(status, sa.func.count())
+            .select_from(joined(self.tables))
+            .where(self.table.c.namespace == self.namespace)
+            .group_by(status)
+        )
         return self._read("count", lambda conn: {status: count for status, count in conn.execute(query)})
+
+    def keys_with_status(self, status: str) -> set[str]:
+        """Every key of this namespace whose status is ``status`` (a scan: for inspection, not a sync's path)."""
+        query = (
+            sa.select(self.table.c.event_key)
+            .select_from(joined(self.tables))
+            .where(self.table.c.namespace == self.namespace, key_status(self.tables) == status)
+        )
+        return self._read("keys by status", lambda conn: set(conn.execute(query).scalars()))
 
     # --- claiming ---------------------------------------------------------
 
@@ -393,7 +438,7 @@ class Ledger:
         return self.claim_batches([entries])[0]
 
     def claim_batches(
-        self, batches: Sequence[Sequence[tuple[str, str]]], *, mark_sent: Sequence[str] = ()
+        self, batches: Sequence[Sequence[tuple[str, str]]], *, mark_sent: Sequence[int] = ()
     ) -> list[ClaimResult]:
         """Claim several batches in one statement and one transaction, one claim id per batch.
 
@@ -419,7 +464,9 @@ class Ledger:
         if not rows:
             self.mark_claims_sent(mark_sent)
             return results
-        inserted = self._claim_and_mark(rows, mark_sent)
+        inserted = self._claim_and_mark([result.claim_id for result in results], rows, mark_sent)
+        for result, entries in zip(results, batches, strict=True):
+            self._claim_keys[result.claim_id] = {key for key, _ in entries}
         try:
             for result, entries in zip(results, batches, strict=True):
                 keys = {key for key, _ in entries}
@@ -428,18 +475,22 @@ class Ledger:
                     result.claimed = keys
                 elif entries:
                     self._settle_conflicts(entries, result, stamp)
+                self._claim_keys[result.claim_id] = set(result.claimed)
         except PagentLedgerError:
             self._release_quietly([result.claim_id for result in results])
             raise
         return results
 
-    def _claim_and_mark(self, rows: list[ClaimRow], mark_sent: Sequence[str]) -> set[tuple[str, str]] | None:
-        def claim(conn: sa.Connection) -> set[tuple[str, str]] | None:
+    def _claim_and_mark(
+        self, claim_ids: Sequence[int], rows: list[ClaimRow], mark_sent: Sequence[int]
+    ) -> set[tuple[str, int]] | None:
+        def claim(conn: sa.Connection) -> set[tuple[str, int]] | None:
             # Stamped at each attempt: a claim retried for a while must not look abandoned at once.
             # Insert first, mark after: a transaction that is marking its own rows then
-            # waits for nobody, so two runs' transactions cannot wait on each other
-            # (marking first deadlocks against a run inserting the keys being marked).
-            inserted = self._insert_if_absent(conn, rows, now_ms())
+            # waits for nobody, so two runs' transactions cannot wait on each other.
+            stamp = now_ms()
+            self._sql.insert_claims(conn, claim_ids, stamp)
+            inserted = self._insert_if_absent(conn, rows, stamp)
             self._mark_claims_sent(conn, mark_sent)
             return inserted
 
@@ -451,11 +502,10 @@ class Ledger:
 
         return self._write("claim", consequence, claim)
 
-    def _new_claim_id(self) -> str:
-        # a random prefix per ledger object and a counter: unique, without a urandom call per batch
-        return f"{self._claim_prefix}{next(self._claim_counter):016x}"
+    def _new_claim_id(self) -> int:
+        return self._claim_ids.getrandbits(63) or 1
 
-    def _insert_if_absent(self, conn: sa.Connection, rows: list[ClaimRow], stamp: int) -> set[tuple[str, str]] | None:
+    def _insert_if_absent(self, conn: sa.Connection, rows: list[ClaimRow], stamp: int) -> set[tuple[str, int]] | None:
         """Insert the rows whose key is free; return their ``(key, claim id)`` (``None``: not known, look up)."""
         # Insert in key order: each inserted key stays locked until commit, and two
         # runs inserting overlapping keys in different orders (overlapping intervals
@@ -499,7 +549,7 @@ class Ledger:
                 "nothing was sent for them"
             )
 
-    def _existing_rows(self, hashes: dict[str, str], claim_id: str) -> dict[str, LedgerRow]:
+    def _existing_rows(self, hashes: dict[str, str], claim_id: int) -> dict[str, LedgerRow]:
         """The rows of every key in ``hashes``, re-claiming keys released meanwhile by another run.
 
         Raises:
@@ -542,28 +592,29 @@ class Ledger:
             "fix it."
         )
 
-    def _release_quietly(self, claim_ids: Sequence[str]) -> None:
+    def _release_quietly(self, claim_ids: Sequence[int]) -> None:
         # Nothing was sent for these claims: give them back so that they do not look
         # like an unknown outcome to the next run. A failure here changes nothing.
-        t = self.table
         try:
             with self.engine.begin() as conn:
-                for ids_slice in slices(claim_ids):
-                    conn.execute(
-                        t.delete().where(
-                            t.c.namespace == self.namespace, t.c.claim_id.in_(ids_slice), t.c.status == CLAIMED
-                        )
-                    )
+                for claim_id in claim_ids:
+                    self._delete_claimed(conn, claim_id, None)
         except sa.exc.DBAPIError as error:
             log.warning("could not release the claims of a failed claim: %s", type(error).__name__)
 
     def _is_abandoned(self, row: LedgerRow, stamp: int) -> bool:
         if row.status != CLAIMED:
             return False
-        if row.heartbeat_at < stamp - self.claim_timeout_ms:
+        if row.heartbeat_at is None or row.heartbeat_at < stamp - self.claim_timeout_ms:
             return True
         silent = row.heartbeat_at < stamp - silence_ms(self.claim_timeout_ms / 1000)
         return self.owner.outlived(row.owner_host, row.owner_pid, row.owner_task, row.owner_try, silent=silent)
+
+    def _settled_status(self) -> sa.ColumnElement[str]:
+        """A key's status inside an UPDATE or DELETE of the events table (its claim's, read by a subquery)."""
+        e, c = self.table, self.claims_table
+        claim_status = sa.select(c.c.status).where(c.c.claim_id == e.c.claim_id).scalar_subquery()
+        return sa.func.coalesce(e.c.status, claim_status, UNKNOWN)
 
     def _swap_claims(
         self, rows: Sequence[LedgerRow], extra_params: dict[str, dict[str, str]], **values: object
@@ -576,6 +627,7 @@ class Ledger:
         runs never lock the same keys in opposite orders (no deadlock).
         """
         t = self.table
+        status = self._settled_status()
         statement = (
             t.update()
             .where(
@@ -583,7 +635,7 @@ class Ledger:
                 t.c.event_key == sa.bindparam("b_key"),
                 t.c.claim_id == sa.bindparam("b_old_claim"),
                 # not status.in_(...): an expanding IN cannot be used with executemany
-                sa.or_(t.c.status == CLAIMED, t.c.status == UNKNOWN),
+                sa.or_(status == CLAIMED, status == UNKNOWN),
             )
             .values(**values)
         )
@@ -600,75 +652,76 @@ class Ledger:
     def _mark_abandoned_unknown(self, rows: Sequence[LedgerRow]) -> None:
         self._swap_claims(rows, {}, status=UNKNOWN, detail="its owner stopped while it was claimed")
 
-    def _take_over(self, rows: Sequence[LedgerRow], hashes: dict[str, str], claim_id: str) -> set[str]:
-        owner = self.owner
-        stamp = now_ms()  # not the claim's start: its transactions may have been retried for a while
+    def _take_over(self, rows: Sequence[LedgerRow], hashes: dict[str, str], claim_id: int) -> set[str]:
+        # The keys move to this run's claim (its row holds owner and heartbeat) and
+        # follow its status again.
         self._swap_claims(
             rows,
             {row.event_key: {"b_hash": hashes[row.event_key]} for row in rows},
-            status=CLAIMED,
+            status=None,
             claim_id=claim_id,
             content_hash=sa.bindparam("b_hash"),
-            owner_run=owner.run_token,
-            owner_host=owner.host,
-            owner_pid=owner.pid,
-            owner_task=owner.task,
-            owner_try=owner.try_number,
-            claimed_at=stamp,
-            heartbeat_at=stamp,
             detail="taken over: earlier outcome unknown",
         )
+        self.heartbeat([claim_id])  # not the claim's start: its transactions may have been retried for a while
         won = self.lookup([row.event_key for row in rows])
         return {key for key, row in won.items() if row.claim_id == claim_id}
 
     # --- after sending ----------------------------------------------------
 
-    def _execute_on_claim(
-        self,
-        operation: str,
-        consequence: Callable[[], str],
-        claim_id: str,
-        keys: Iterable[str] | None,
-        statement: sa.Update | sa.Delete,
+    def _on_keys(
+        self, conn: sa.Connection, claim_id: int, keys: Sequence[str], statement: sa.Update | sa.Delete
     ) -> None:
-        """Run ``statement`` on the rows of one claim: the given ``keys`` of it, or all of it."""
+        """Run ``statement`` on the events table, on the given ``keys`` of one claim."""
         t = self.table
         statement = statement.where(t.c.namespace == self.namespace, t.c.claim_id == claim_id)
-        key_list = None if keys is None else list(keys)
+        for restricted in self._sql.on_keys(statement, list(keys)):
+            conn.execute(restricted)
 
-        def execute(conn: sa.Connection) -> None:
-            if key_list is None:
-                conn.execute(statement)
-                return
-            for restricted in self._sql.on_keys(statement, key_list):
-                conn.execute(restricted)
+    def _update_claim(self, conn: sa.Connection, claim_id: int, **values: object) -> None:
+        c = self.claims_table
+        conn.execute(c.update().where(c.c.namespace == self.namespace, c.c.claim_id == claim_id).values(**values))
 
-        self._write(operation, consequence, execute)
+    def _forget(self, claim_id: int, keys: list[str] | None) -> None:
+        """These keys of a claim are settled: no whole-claim release needs them any more."""
+        if keys is None:
+            self._claim_keys.pop(claim_id, None)
+        elif claim_id in self._claim_keys:
+            self._claim_keys[claim_id].difference_update(keys)
 
     @staticmethod
     def _how_many(keys: list[str] | None) -> str:
         return "the" if keys is None else str(len(keys))
 
-    def mark_sent(self, claim_id: str, keys: Iterable[str] | None = None) -> None:
+    def mark_sent(self, claim_id: int, keys: Iterable[str] | None = None) -> None:
         """pagent acknowledged these keys (all of the claim when ``keys`` is None).
 
         Raises:
             PagentLedgerUnavailableError: the database kept failing.
         """
         key_list = None if keys is None else list(keys)
-        update = self.table.update().values(status=SENT, sent_at=now_ms(), detail=None)
-        self._execute_on_claim(
+        stamp = now_ms()
+
+        def mark(conn: sa.Connection) -> None:
+            if key_list is None:
+                self._sql.mark_claims_sent(conn, [claim_id], stamp)
+                return
+            # the keys say so themselves; the claim's time tells a prune when they were sent
+            self._on_keys(conn, claim_id, key_list, self.table.update().values(status=SENT, detail=None))
+            c = self.claims_table
+            self._update_claim(conn, claim_id, sent_at=sa.func.coalesce(c.c.sent_at, stamp))
+
+        self._write(
             "mark_sent",
             lambda: (
                 f"{self._how_many(key_list)} events of claim {claim_id} were acknowledged by pagent but "
                 f"could not be recorded as sent: {_UNRECORDED_SENT}"
             ),
-            claim_id,
-            key_list,
-            update,
+            mark,
         )
+        self._forget(claim_id, key_list)
 
-    def mark_claims_sent(self, claim_ids: Sequence[str]) -> None:
+    def mark_claims_sent(self, claim_ids: Sequence[int]) -> None:
         """pagent acknowledged every key of these claims: one statement for all of them.
 
         Raises:
@@ -681,48 +734,66 @@ class Ledger:
                 lambda conn: self._mark_claims_sent(conn, claim_ids),
             )
 
-    def _mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[str]) -> None:
+    def _mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[int]) -> None:
         if claim_ids:
             self._sql.mark_claims_sent(conn, claim_ids, now_ms())
+            for claim_id in claim_ids:
+                self._claim_keys.pop(claim_id, None)
 
-    def mark_unknown(self, claim_id: str, keys: Iterable[str] | None, detail: str) -> None:
+    def mark_unknown(self, claim_id: int, keys: Iterable[str] | None, detail: str) -> None:
         """The answer for these keys was lost: they may or may not have been recorded.
 
         Raises:
             PagentLedgerUnavailableError: the database kept failing.
         """
         key_list = None if keys is None else list(keys)
-        self._execute_on_claim(
+        values = {"status": UNKNOWN, "detail": storable(detail, 1000)}
+
+        def mark(conn: sa.Connection) -> None:
+            if key_list is None:
+                self._update_claim(conn, claim_id, **values)
+            else:
+                self._on_keys(conn, claim_id, key_list, self.table.update().values(**values))
+
+        self._write(
             "mark_unknown",
             lambda: (
                 f"{self._how_many(key_list)} events of claim {claim_id} whose answer was lost could not be "
                 "recorded as unknown: they stay claimed, which the next run treats as an unknown outcome too"
             ),
-            claim_id,
-            key_list,
-            self.table.update().values(status=UNKNOWN, detail=storable(detail, 1000)),
+            mark,
         )
+        self._forget(claim_id, key_list)
 
-    def release(self, claim_id: str, keys: Iterable[str] | None = None) -> None:
+    def release(self, claim_id: int, keys: Iterable[str] | None = None) -> None:
         """A definite failure: drop the claim so that a later run sends these keys again.
 
         Raises:
             PagentLedgerUnavailableError: the database kept failing.
         """
-        t = self.table
         key_list = None if keys is None else list(keys)
-        self._execute_on_claim(
+        self._write(
             "release",
             lambda: (
                 f"{self._how_many(key_list)} events of claim {claim_id} that were not delivered could not be "
                 "released: they stay claimed, which the next run treats as an unknown outcome"
             ),
-            claim_id,
-            key_list,
-            t.delete().where(t.c.status == CLAIMED),
+            lambda conn: self._delete_claimed(conn, claim_id, key_list),
         )
+        self._forget(claim_id, key_list)
 
-    def heartbeat(self, claim_ids: Iterable[str]) -> None:
+    def _delete_claimed(self, conn: sa.Connection, claim_id: int, keys: list[str] | None) -> None:
+        """Delete the still-claimed keys of a claim: ``keys`` of it, or all of it."""
+        t = self.table
+        delete = t.delete().where(self._settled_status() == CLAIMED)
+        if keys is None and claim_id in self._claim_keys:
+            keys = sorted(self._claim_keys[claim_id])  # by primary key: no scan for the claim's keys
+        if keys is None:  # another object's claim: the table has no index on claim ids, so this scans
+            conn.execute(delete.where(t.c.namespace == self.namespace, t.c.claim_id == claim_id))
+        else:
+            self._on_keys(conn, claim_id, keys, delete)
+
+    def heartbeat(self, claim_ids: Iterable[int]) -> None:
         """Tell other workers that the owner of these claims is still alive.
 
         Raises:
@@ -731,19 +802,24 @@ class Ledger:
         ids = list(claim_ids)
         if not ids:
             return
-        t = self.table
-        update = (
-            t.update()
-            .where(t.c.namespace == self.namespace, t.c.claim_id.in_(ids), t.c.status == CLAIMED)
-            .values(heartbeat_at=now_ms())
-        )
+        c = self.claims_table
+        stamp = now_ms()
+
+        def beat(conn: sa.Connection) -> None:
+            for ids_slice in slices(ids):
+                conn.execute(
+                    c.update()
+                    .where(c.c.namespace == self.namespace, c.c.claim_id.in_(ids_slice), c.c.status == CLAIMED)
+                    .values(heartbeat_at=stamp)
+                )
+
         self._write(
             "heartbeat",
             lambda: (
                 f"the {len(ids)} claims being sent could not be kept alive: once claim_timeout has passed, "
                 "another run may take them over and send them again"
             ),
-            lambda conn: conn.execute(update),
+            beat,
         )
 
     def record_rejects(self, rejects: Sequence[RejectRecord]) -> None:
@@ -779,11 +855,16 @@ class Ledger:
 
     # --- retention ----------------------------------------------------------
 
+    def _prunable(self, before_ms: int) -> sa.ColumnElement[bool]:
+        # a claim records when its keys were sent; a key sent on its own says so itself
+        return sa.and_(key_status(self.tables) == SENT, self.claims_table.c.sent_at < before_ms)
+
     def prunable_sent(self, before_ms: int) -> int:
         """How many ``sent`` keys of this namespace :meth:`prune_sent` would delete for ``before_ms``."""
-        t = self.table
-        query = sa.select(sa.func.count()).where(
-            t.c.namespace == self.namespace, t.c.status == SENT, t.c.sent_at < before_ms
+        query = (
+            sa.select(sa.func.count())
+            .select_from(joined(self.tables))
+            .where(self.table.c.namespace == self.namespace, self._prunable(before_ms))
         )
         return int(self._read("count of prunable keys", lambda conn: conn.execute(query).scalar_one()))
 
@@ -798,7 +879,8 @@ class Ledger:
         The keys go in batches of ``batch``, each its own short transaction, so
         that a large prune never holds locks for long against running syncs;
         the scan walks the primary key once (``event_key`` greater than the
-        last one seen), not the table once per batch.
+        last one seen), not the table once per batch. Then the claims of that
+        age that no key names any more go too.
 
         Raises:
             PagentConfigError: ``batch`` is not a positive number.
@@ -807,21 +889,31 @@ class Ledger:
         if batch < 1:
             raise PagentConfigError(f"batch must be at least 1, got {batch}")
         t = self.table
-        old_sent = (t.c.namespace == self.namespace, t.c.status == SENT, t.c.sent_at < before_ms)
         deleted, last_key = 0, None
+        still_named: set[int] = set()  # the claims of the keys that stay
         while True:
             after = () if last_key is None else (t.c.event_key > last_key,)
-            page = sa.select(t.c.event_key).where(*old_sent, *after).order_by(t.c.event_key).limit(batch)
+            page = (
+                sa.select(t.c.event_key, t.c.claim_id, self._prunable(before_ms))
+                .select_from(joined(self.tables))
+                .where(t.c.namespace == self.namespace, *after)
+                .order_by(t.c.event_key)
+                .limit(batch)
+            )
 
-            def find(conn: sa.Connection, page: sa.Select[Any] = page) -> list[str]:
-                return list(conn.execute(page).scalars())
+            def find(conn: sa.Connection, page: sa.Select[Any] = page) -> list[tuple[str, int, bool]]:
+                return [(key, claim_id, bool(prunable)) for key, claim_id, prunable in conn.execute(page)]
 
-            keys = self._read("prune (find keys)", find)
-            if not keys:
-                return deleted
+            rows = self._read("prune (find keys)", find)
+            keys = [key for key, _, prunable in rows if prunable]
+            still_named.update(claim_id for _, claim_id, prunable in rows if not prunable)
 
             def delete(conn: sa.Connection, keys: list[str] = keys) -> int:
                 # the conditions again: a key re-claimed since it was read stays
+                status = self._settled_status()
+                c = self.claims_table
+                sent_at = sa.select(c.c.sent_at).where(c.c.claim_id == t.c.claim_id).scalar_subquery()
+                old_sent = (t.c.namespace == self.namespace, status == SENT, sent_at < before_ms)
                 return sum(
                     conn.execute(t.delete().where(*old_sent, t.c.event_key.in_(keys_slice))).rowcount
                     for keys_slice in slices(keys)
@@ -830,7 +922,30 @@ class Ledger:
             def consequence(done: int = deleted) -> str:
                 return f"{done} sent keys were deleted before it failed"
 
-            deleted += self._write("prune", consequence, delete)
-            last_key = keys[-1]
-            if len(keys) < batch:
-                return deleted
+            if keys:
+                deleted += self._write("prune", consequence, delete)
+            if len(rows) < batch:
+                break
+            last_key = rows[-1][0]
+        self._prune_claims(before_ms, still_named)
+        return deleted
+
+    def _prune_claims(self, before_ms: int, still_named: set[int]) -> None:
+        """Delete the claims made before ``before_ms`` that no key names any more.
+
+        A claim that old is never named again: a key taken over moves to a new claim.
+        """
+        c = self.claims_table
+        query = sa.select(c.c.claim_id).where(c.c.namespace == self.namespace, c.c.claimed_at < before_ms)
+        unnamed = [
+            claim_id
+            for claim_id in self._read("prune (find claims)", lambda conn: list(conn.execute(query).scalars()))
+            if claim_id not in still_named
+        ]
+
+        def delete(conn: sa.Connection) -> None:
+            for ids_slice in slices(unnamed):
+                conn.execute(c.delete().where(c.c.namespace == self.namespace, c.c.claim_id.in_(ids_slice)))
+
+        if unnamed:
+            self._write("prune", lambda: "the sent keys were deleted, their claims' rows not", delete)

@@ -26,6 +26,7 @@ What was measured (keys ``ABC``/``abc``, ``é`` composed/decomposed/``e``,
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -50,9 +51,9 @@ class LedgerDialect:
 
     Attributes:
         label: the database's name, for messages.
-        claim_insert: builds the insert-if-absent statement from the ledger
+        insert_if_absent: builds an insert-if-absent statement on a ledger
             table; it is compiled once and run with a list of rows.
-        insert_returns_rows: the insert names the ``(event_key, claim_id)`` it
+        insert_returns_rows: the insert can name the ``(event_key, claim_id)`` it
             inserted (``RETURNING``); otherwise it gives a count only and a
             batch not inserted in full is looked up.
         driver_executemany: the hot statements go to the driver as plain SQL
@@ -71,10 +72,16 @@ class LedgerDialect:
         ids_from_sequence: the rejects table's ids come from an explicit sequence.
         statements: the class that runs the ledger's hot statements (claims,
             marks, lookups) on this database.
+        migration_lock: called first on the connection that moves a ledger of
+            the first layout (:mod:`pagent_provider.core.ledger_migration`):
+            from then on, no other worker reads or writes the table until
+            ``migration_unlock`` or the end of the transaction.
+        migration_unlock: called last on that connection.
+        rename_tables: renames tables (``(table, new name)``), all or none.
     """
 
     label: str
-    claim_insert: Callable[[sa.Table], sa.Insert]
+    insert_if_absent: Callable[[sa.Table], sa.Insert]
     insert_returns_rows: bool
     key_type: Callable[[int], sa.types.TypeEngine[str]]
     permanent: Callable[[sa.exc.DBAPIError], bool]
@@ -85,6 +92,27 @@ class LedgerDialect:
     one_machine: bool = False
     ids_from_sequence: bool = False
     statements: type[LedgerStatements] = LedgerStatements
+    migration_lock: Callable[[sa.Connection, sa.Table], None] = lambda conn, table: None
+    migration_unlock: Callable[[sa.Connection, sa.Table], None] = lambda conn, table: None
+    rename_tables: Callable[[sa.Connection, Sequence[tuple[sa.Table, str]]], None] = lambda conn, renames: (
+        _alter_table_rename(conn, renames)
+    )
+
+
+def _quoted(conn: sa.Connection, table: sa.Table) -> str:
+    return conn.dialect.identifier_preparer.format_table(table)
+
+
+def _execute(conn: sa.Connection, sql: str) -> None:
+    conn.exec_driver_sql(sql)
+
+
+def _alter_table_rename(conn: sa.Connection, renames: Sequence[tuple[sa.Table, str]]) -> None:
+    # transactional DDL (PostgreSQL, SQLite, DuckDB): the caller's transaction makes them all or none
+    for table, name in renames:
+        conn.exec_driver_sql(
+            f"ALTER TABLE {_quoted(conn, table)} RENAME TO {conn.dialect.identifier_preparer.quote(name)}"
+        )
 
 
 # --------------------------------------------------------------------------- MySQL and MariaDB
@@ -251,15 +279,49 @@ def _mysql_permanent(error: sa.exc.DBAPIError) -> bool:
     return code in _MYSQL_PERMANENT
 
 
+def _mysql_lock_name(table: sa.Table) -> str:
+    name = f"pagent_ledger:{table.schema or ''}.{table.name}"
+    return name if len(name) <= 64 else name[:48] + hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+
+
+def _mysql_lock(conn: sa.Connection, table: sa.Table) -> None:
+    # DDL commits at once here: a named lock keeps the other workers out instead
+    got = conn.execute(sa.text("SELECT GET_LOCK(:name, 600)"), {"name": _mysql_lock_name(table)}).scalar()
+    if got != 1:
+        raise PagentLedgerError(
+            f"another worker has been moving ledger table {table.name!r} to the current layout for 10 minutes; "
+            "try again when it is done"
+        )
+
+
+def _mysql_unlock(conn: sa.Connection, table: sa.Table) -> None:
+    conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": _mysql_lock_name(table)})
+
+
+def _mysql_rename(conn: sa.Connection, renames: Sequence[tuple[sa.Table, str]]) -> None:
+    # one statement: MySQL/MariaDB renames all of the tables or none
+    preparer = conn.dialect.identifier_preparer
+    parts = []
+    for table, name in renames:
+        target = (
+            f"{preparer.quote_schema(table.schema)}.{preparer.quote(name)}" if table.schema else preparer.quote(name)
+        )
+        parts.append(f"{_quoted(conn, table)} TO {target}")
+    conn.exec_driver_sql(f"RENAME TABLE {', '.join(parts)}")
+
+
 MYSQL = LedgerDialect(
     label="MySQL/MariaDB",
     # INSERT IGNORE reports only a count (ON DUPLICATE KEY UPDATE would count
     # matched rows too, under the CLIENT_FOUND_ROWS flag SQLAlchemy sets).
-    claim_insert=lambda table: table.insert().prefix_with("IGNORE"),
+    insert_if_absent=lambda table: table.insert().prefix_with("IGNORE"),
     insert_returns_rows=False,
     key_type=Utf8Bytes,
     permanent=_mysql_permanent,
     check_key_columns=_check_mysql,
+    migration_lock=_mysql_lock,
+    migration_unlock=_mysql_unlock,
+    rename_tables=_mysql_rename,
 )
 
 
@@ -297,20 +359,22 @@ def _postgresql_permanent(error: sa.exc.DBAPIError) -> bool:
     return state.startswith("28") or state == "3D000"  # bad credentials, no such database
 
 
-def _insert_if_absent_returning(table: sa.Table) -> sa.Insert:
-    """``INSERT ... ON CONFLICT DO NOTHING RETURNING event_key, claim_id`` (PostgreSQL, and DuckDB, which speaks it)."""
-    return postgresql_insert(table).on_conflict_do_nothing().returning(table.c.event_key, table.c.claim_id)
+def _insert_on_conflict_do_nothing(table: sa.Table) -> sa.Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` (PostgreSQL, and DuckDB, which speaks it)."""
+    return postgresql_insert(table).on_conflict_do_nothing()
 
 
 POSTGRESQL = LedgerDialect(
     label="PostgreSQL",
-    claim_insert=_insert_if_absent_returning,
+    insert_if_absent=_insert_on_conflict_do_nothing,
     insert_returns_rows=True,
     # the database's default collation: always deterministic, so equal means equal bytes
     key_type=sa.String,
     permanent=_postgresql_permanent,
     check_key_columns=_check_postgresql,
     statements=ArrayStatements,
+    # held until the move commits; waits for the transactions already using the table
+    migration_lock=lambda conn, table: _execute(conn, f"LOCK TABLE {_quoted(conn, table)} IN ACCESS EXCLUSIVE MODE"),
 )
 
 
@@ -355,7 +419,7 @@ def _sqlite_permanent(error: sa.exc.DBAPIError) -> bool:
 
 SQLITE = LedgerDialect(
     label="SQLite",
-    claim_insert=lambda table: sqlite_insert(table).on_conflict_do_nothing(),
+    insert_if_absent=lambda table: sqlite_insert(table).on_conflict_do_nothing(),
     insert_returns_rows=False,
     driver_executemany=True,
     # VARCHAR: TEXT affinity, so '01' stays '01'; the BINARY collation compares bytes
@@ -365,6 +429,8 @@ SQLITE = LedgerDialect(
     before_create=_switch_to_wal,
     one_machine=True,
     statements=SqliteStatements,
+    # the write lock of the whole file, taken before the table is even looked at
+    migration_lock=lambda conn, table: _execute(conn, "BEGIN IMMEDIATE"),
 )
 
 
@@ -393,7 +459,7 @@ def _refuse_a_locked_file(engine: sa.Engine) -> None:
 
 DUCKDB = LedgerDialect(
     label="DuckDB",
-    claim_insert=_insert_if_absent_returning,
+    insert_if_absent=_insert_on_conflict_do_nothing,
     insert_returns_rows=True,
     # VARCHAR compares bytes in DuckDB unless a collation is asked for
     key_type=sa.String,

@@ -1,5 +1,13 @@
 """The statements the ledger runs for every window and chunk: claims, marks and lookups.
 
+A key's row in the events table names its claim; the claim's row in the
+claims table holds what all of its keys share: the owner, the heartbeat and,
+unless a key says otherwise, the status. So a window's claims write one short
+row per key and one row per batch, and marking a batch sent writes one row,
+not a hundred. A key's status is ``COALESCE(events.status, claims.status)``:
+a key whose fate differs from its batch's (a refused row, a lost answer
+during a bisection, a key taken over) carries its own.
+
 :class:`LedgerStatements` runs them through SQLAlchemy Core (MySQL/MariaDB,
 DuckDB, and every database on SQLAlchemy 1.4 where a fast path needs 2.x);
 :class:`ArrayStatements` (PostgreSQL) and :class:`SqliteStatements` run the
@@ -16,7 +24,7 @@ import itertools
 import re
 import sqlite3
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -32,40 +40,36 @@ CLAIMED, SENT, UNKNOWN = "claimed", "sent", "unknown"
 #: statements and returns every row ("insertmanyvalues"); 1.4 (Airflow 2.11 to 3.1) does not.
 SQLALCHEMY_2 = int(sa.__version__.split(".")[0]) >= 2
 #: One row to claim: ``(event_key, content_hash, claim_id)``.
-ClaimRow = tuple[str, str, str]
-#: What a lookup returns per key, in this order (the fields of ``LedgerRow``).
+ClaimRow = tuple[str, str, int]
+#: What a lookup returns per key, in this order (the fields of ``LedgerRow``):
+#: ``(table, column)``, ``status`` being the key's own or else its claim's.
 LOOKUP_COLUMNS = (
-    "event_key",
-    "status",
-    "content_hash",
-    "claim_id",
-    "owner_run",
-    "owner_host",
-    "owner_pid",
-    "owner_task",
-    "owner_try",
-    "heartbeat_at",
+    ("e", "event_key"),
+    ("", "status"),
+    ("e", "content_hash"),
+    ("e", "claim_id"),
+    ("c", "owner_run"),
+    ("c", "owner_host"),
+    ("c", "owner_pid"),
+    ("c", "owner_task"),
+    ("c", "owner_try"),
+    ("c", "heartbeat_at"),
 )
-#: The columns a claim writes, in this order.
-CLAIM_COLUMNS = (
-    "namespace",
-    "event_key",
-    "status",
-    "content_hash",
-    "claim_id",
-    "owner_run",
-    "owner_host",
-    "owner_pid",
-    "owner_task",
-    "owner_try",
-    "claimed_at",
-    "heartbeat_at",
-)
+#: The status of a key in SQL: its own, else its claim's (a claim row that is gone: unknown, to be safe).
+STATUS_SQL = f"COALESCE(e.status, c.status, '{UNKNOWN}')"
 # Keys per IN (...) list: SQLite before 3.32 allows 999 parameters, and shorter lists plan better.
 LOOKUP_SLICE = 500
-# Rows per multi-row VALUES claim on SQLAlchemy 1.4: 12 columns each, well below
-# PostgreSQL's 65,535 bind parameters per statement.
+# Rows per multi-row VALUES claim on SQLAlchemy 1.4, well below PostgreSQL's 65,535 bind parameters.
 _VALUES_SLICE = 1000
+
+
+class LedgerTables(NamedTuple):
+    """The ledger's tables: keys, their claims, and the rows that will not be delivered."""
+
+    metadata: sa.MetaData
+    events: sa.Table
+    claims: sa.Table
+    rejects: sa.Table
 
 
 def slices(items: Sequence[T], size: int = LOOKUP_SLICE) -> Iterator[Sequence[T]]:
@@ -74,17 +78,28 @@ def slices(items: Sequence[T], size: int = LOOKUP_SLICE) -> Iterator[Sequence[T]
         yield items[start : start + size]
 
 
-def inserted_if_all(rows: Sequence[ClaimRow], rowcount: int) -> set[tuple[str, str]] | None:
+def inserted_if_all(rows: Sequence[ClaimRow], rowcount: int) -> set[tuple[str, int]] | None:
     """Every row's ``(key, claim id)`` when a count-only insert inserted them all, else ``None`` (look up)."""
     if rowcount != len(rows):
         return None
     return {(key, claim_id) for key, _, claim_id in rows}
 
 
+def key_status(tables: LedgerTables) -> sa.ColumnElement[str]:
+    """A key's status as a SQL expression over the events table joined to its claim (see the module docstring)."""
+    return sa.func.coalesce(tables.events.c.status, tables.claims.c.status, UNKNOWN)
+
+
+def joined(tables: LedgerTables) -> sa.Join:
+    """Every key with its claim (outer: a key whose claim row is gone still shows)."""
+    events, claims = tables.events, tables.claims
+    return events.outerjoin(claims, claims.c.claim_id == events.c.claim_id)
+
+
 class LedgerStatements:
     """The statements a sync runs for every window and chunk, on SQLAlchemy Core (MySQL/MariaDB, DuckDB).
 
-    One object per ledger: it knows the table, the namespace and the owner
+    One object per ledger: it knows the tables, the namespace and the owner
     written on claims. The subclasses run the same statements in fewer, cached
     round trips on PostgreSQL (:class:`ArrayStatements`) and SQLite
     (:class:`SqliteStatements`); every one of them keeps this class's
@@ -92,7 +107,7 @@ class LedgerStatements:
 
     Args:
         capabilities: what the database offers (its insert-if-absent).
-        table: the ledger table.
+        tables: the ledger's tables.
         namespace: scope of the keys.
         owner: written on every claim.
         sql_dialect: the engine's SQLAlchemy dialect (quoting of names).
@@ -101,25 +116,38 @@ class LedgerStatements:
     def __init__(
         self,
         capabilities: LedgerDialect,
-        table: sa.Table,
+        tables: LedgerTables,
         namespace: str,
         owner: ClaimOwner,
         sql_dialect: sa.Dialect,
     ) -> None:
-        self.table = table
+        self.tables = tables
+        self.table = tables.events
         self.namespace = namespace
         self.owner = owner
         self.returns_rows = capabilities.insert_returns_rows
         # One statement, compiled once and run with a list of rows (executemany):
         # building a new multi-row VALUES per batch costs more than the database work.
-        self._claim = capabilities.claim_insert(table)
-        self._quoted = sql_dialect.identifier_preparer.format_table(table)
+        events = tables.events
+        self._claim = capabilities.insert_if_absent(events)
+        if self.returns_rows:
+            self._claim = self._claim.returning(events.c.event_key, events.c.claim_id)
+        # a retry after a commit whose answer was lost finds its claim rows there
+        self._insert_claims = capabilities.insert_if_absent(tables.claims)
+        preparer = sql_dialect.identifier_preparer
+        self._quoted = preparer.format_table(tables.events)
+        self._quoted_claims = preparer.format_table(tables.claims)
+        self._lookup_columns = ", ".join(
+            STATUS_SQL if not table else f"{table}.{name}" for table, name in LOOKUP_COLUMNS
+        )
+        self._from = f"{self._quoted} e LEFT JOIN {self._quoted_claims} c ON c.claim_id = e.claim_id"
 
     # --- claims
 
-    def _owner_values(self, stamp: int) -> dict[str, object]:
+    def insert_claims(self, conn: sa.Connection, claim_ids: Sequence[int], stamp: int) -> None:
+        """One row per claim: its owner and heartbeat, status ``claimed``."""
         owner = self.owner
-        return {
+        fixed = {
             "namespace": self.namespace,
             "status": CLAIMED,
             "owner_run": owner.run_token,
@@ -130,22 +158,26 @@ class LedgerStatements:
             "claimed_at": stamp,
             "heartbeat_at": stamp,
         }
+        if claim_ids:
+            conn.execute(self._insert_claims, [{**fixed, "claim_id": claim_id} for claim_id in claim_ids])
 
     def insert_if_absent(
         self, conn: sa.Connection, rows: Sequence[ClaimRow], stamp: int
-    ) -> set[tuple[str, str]] | None:
-        """Insert the rows whose key is free (``rows`` in key order); their ``(key, claim id)``, or ``None``.
+    ) -> set[tuple[str, int]] | None:
+        """Insert the keys that are free (``rows`` in key order); their ``(key, claim id)``, or ``None``.
 
         ``None``: the database gives a count only, and not every row was
         inserted; the caller looks the keys up.
         """
-        fixed = self._owner_values(stamp)
-        params = [{**fixed, "event_key": key, "content_hash": digest, "claim_id": claim} for key, digest, claim in rows]
+        params = [
+            {"namespace": self.namespace, "event_key": key, "content_hash": digest, "claim_id": claim}
+            for key, digest, claim in rows
+        ]
         if self.returns_rows and not SQLALCHEMY_2:
             # SQLAlchemy 1.4: the same insert-if-absent as one multi-row VALUES per slice,
             # so that RETURNING names exactly the rows inserted, as SQLAlchemy 2 gives it
             # from an executemany. Same statement, same transaction, same key order.
-            inserted: set[tuple[str, str]] = set()
+            inserted: set[tuple[str, int]] = set()
             for part in slices(params, _VALUES_SLICE):
                 inserted.update((row[0], row[1]) for row in conn.execute(self._claim.values(list(part))))
             return inserted
@@ -154,36 +186,41 @@ class LedgerStatements:
             return {(row[0], row[1]) for row in result}
         return inserted_if_all(rows, result.rowcount)
 
-    def mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[str], stamp: int) -> None:
-        """Every key of these claims is sent."""
-        t = self.table
-        update = t.update().values(status=SENT, sent_at=stamp, detail=None)
+    def mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[int], stamp: int) -> None:
+        """Every key of these claims is sent (keys with a status of their own keep it)."""
+        c = self.tables.claims
+        update = c.update().values(status=SENT, sent_at=stamp, detail=None)
         for ids_slice in slices(claim_ids):
-            conn.execute(update.where(t.c.namespace == self.namespace, t.c.claim_id.in_(ids_slice)))
+            conn.execute(update.where(c.c.namespace == self.namespace, c.c.claim_id.in_(ids_slice)))
 
     # --- reads
 
     def sent_hashes(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, str]]:
         """``(key, content hash)`` of the keys among ``keys`` that are sent."""
-        t = self.table
+        e = self.table
         for keys_slice in slices(keys):
             yield from conn.execute(
-                sa.select(t.c.event_key, t.c.content_hash).where(
-                    t.c.namespace == self.namespace, t.c.status == SENT, t.c.event_key.in_(keys_slice)
-                )
+                sa.select(e.c.event_key, e.c.content_hash)
+                .select_from(joined(self.tables))
+                .where(e.c.namespace == self.namespace, e.c.event_key.in_(keys_slice), key_status(self.tables) == SENT)
             )
 
     def lookup(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
         """The :data:`LOOKUP_COLUMNS` of every key among ``keys`` that has a row."""
-        t = self.table
-        columns = [t.c[name] for name in LOOKUP_COLUMNS]
+        e, c = self.table, self.tables.claims
+        columns = [
+            key_status(self.tables) if not table else (e if table == "e" else c).c[name]
+            for table, name in LOOKUP_COLUMNS
+        ]
         for keys_slice in slices(keys):
             yield from conn.execute(
-                sa.select(*columns).where(t.c.namespace == self.namespace, t.c.event_key.in_(keys_slice))
+                sa.select(*columns)
+                .select_from(joined(self.tables))
+                .where(e.c.namespace == self.namespace, e.c.event_key.in_(keys_slice))
             )
 
     def on_keys(self, statement: sa.Update | sa.Delete, keys: Sequence[str]) -> Iterator[sa.Update | sa.Delete]:
-        """``statement`` restricted to ``keys``: as many statements as it takes."""
+        """``statement`` (on the events table) restricted to ``keys``: as many statements as it takes."""
         for keys_slice in slices(keys):
             yield statement.where(self.table.c.event_key.in_(keys_slice))
 
@@ -195,15 +232,15 @@ class ArrayStatements(LedgerStatements):
     ``key = ANY(...)`` carry any number of keys in three parameters, so the
     statement text is the same for every window: the driver parses it once
     (psycopg caches short queries, and prepares them after a few runs) and
-    the database plans it once, where a multi-row VALUES of a window (4,800
-    placeholders) was parsed anew every time, and an ``executemany`` paid a
-    round trip, and a wait for the GIL, per row. The rows are inserted in the
-    order given (key order): two runs claiming overlapping keys lock them in
-    the same order, so they never deadlock. psycopg 3 gets the statements as
-    they are, its arrays in binary (``%(keys)b``: text arrays are quoted
-    element by element with a regular expression, four times the work);
-    other drivers (psycopg2 on SQLAlchemy 1.4) through ``sqlalchemy.text``,
-    which passes a list as an array too.
+    the database plans it once, where a multi-row VALUES of a window was
+    parsed anew every time, and an ``executemany`` paid a round trip, and a
+    wait for the GIL, per row. The rows are inserted in the order given (key
+    order): two runs claiming overlapping keys lock them in the same order,
+    so they never deadlock. psycopg 3 gets the statements as they are, its
+    arrays in binary (``%(keys)b``: text arrays are quoted element by element
+    with a regular expression, four times the work); other drivers (psycopg2
+    on SQLAlchemy 1.4) through ``sqlalchemy.text``, which passes a list as an
+    array too.
     """
 
     _ARRAYS = frozenset({"keys", "hashes", "claims"})
@@ -211,45 +248,41 @@ class ArrayStatements(LedgerStatements):
     def __init__(
         self,
         capabilities: LedgerDialect,
-        table: sa.Table,
+        tables: LedgerTables,
         namespace: str,
         owner: ClaimOwner,
         sql_dialect: sa.Dialect,
     ) -> None:
-        super().__init__(capabilities, table, namespace, owner, sql_dialect)
+        super().__init__(capabilities, tables, namespace, owner, sql_dialect)
         self._driver_sql = sql_dialect.driver == "psycopg"
-        name = self._quoted
         self._insert_sql = self._statement(
-            f"INSERT INTO {name} ({', '.join(CLAIM_COLUMNS)})"
-            " SELECT CAST(:namespace AS VARCHAR), k.event_key, 'claimed', k.content_hash, k.claim_id,"
-            " CAST(:owner_run AS VARCHAR), CAST(:owner_host AS VARCHAR), CAST(:owner_pid AS INTEGER),"
-            " CAST(:owner_task AS VARCHAR), CAST(:owner_try AS INTEGER), CAST(:stamp AS BIGINT),"
-            " CAST(:stamp AS BIGINT)"
-            " FROM unnest(CAST(:keys AS TEXT[]), CAST(:hashes AS TEXT[]), CAST(:claims AS TEXT[]))"
+            f"INSERT INTO {self._quoted} (namespace, event_key, content_hash, claim_id)"
+            " SELECT CAST(:namespace AS VARCHAR), k.event_key, k.content_hash, k.claim_id"
+            " FROM unnest(CAST(:keys AS TEXT[]), CAST(:hashes AS TEXT[]), CAST(:claims AS BIGINT[]))"
             " WITH ORDINALITY AS k(event_key, content_hash, claim_id, n)"
             " ORDER BY k.n"
             " ON CONFLICT DO NOTHING"
             " RETURNING event_key, claim_id"
         )
         self._mark_sql = self._statement(
-            f"UPDATE {name} SET status = 'sent', sent_at = CAST(:stamp AS BIGINT), detail = NULL"
-            " WHERE namespace = CAST(:namespace AS VARCHAR) AND claim_id = ANY(CAST(:claims AS TEXT[]))"
+            f"UPDATE {self._quoted_claims} SET status = 'sent', sent_at = CAST(:stamp AS BIGINT), detail = NULL"
+            " WHERE namespace = CAST(:namespace AS VARCHAR) AND claim_id = ANY(CAST(:claims AS BIGINT[]))"
         )
         self._sent_sql = self._statement(
-            f"SELECT event_key, content_hash FROM {name}"
-            " WHERE namespace = CAST(:namespace AS VARCHAR) AND status = 'sent'"
-            " AND event_key = ANY(CAST(:keys AS TEXT[]))"
+            f"SELECT e.event_key, e.content_hash FROM {self._from}"
+            f" WHERE e.namespace = CAST(:namespace AS VARCHAR) AND e.event_key = ANY(CAST(:keys AS TEXT[]))"
+            f" AND {STATUS_SQL} = 'sent'"
         )
         self._lookup_sql = self._statement(
-            f"SELECT {', '.join(LOOKUP_COLUMNS)} FROM {name}"
-            " WHERE namespace = CAST(:namespace AS VARCHAR) AND event_key = ANY(CAST(:keys AS TEXT[]))"
+            f"SELECT {self._lookup_columns} FROM {self._from}"
+            " WHERE e.namespace = CAST(:namespace AS VARCHAR) AND e.event_key = ANY(CAST(:keys AS TEXT[]))"
         )
 
     def _statement(self, sql: str) -> str | sa.TextClause:
         """``sql`` (``:name`` parameters) as psycopg 3 takes it, arrays in binary; else as ``sqlalchemy.text``."""
         if not self._driver_sql:
             return sa.text(sql)
-        return re.sub(r":(\w+)", lambda m: f"%({m[1]}){'b' if m[1] in self._ARRAYS else 's'}", sql)
+        return re.sub(r"(?<!:):(\w+)", lambda m: f"%({m[1]}){'b' if m[1] in self._ARRAYS else 's'}", sql)
 
     def _run(self, conn: sa.Connection, statement: str | sa.TextClause, params: dict[str, Any]) -> sa.CursorResult:
         if isinstance(statement, str):
@@ -258,30 +291,14 @@ class ArrayStatements(LedgerStatements):
 
     def insert_if_absent(
         self, conn: sa.Connection, rows: Sequence[ClaimRow], stamp: int
-    ) -> set[tuple[str, str]] | None:
+    ) -> set[tuple[str, int]] | None:
         if not rows:
             return set()
         keys, hashes, claims = (list(column) for column in zip(*rows, strict=True))
-        owner = self.owner
-        result = self._run(
-            conn,
-            self._insert_sql,
-            {
-                "namespace": self.namespace,
-                "owner_run": owner.run_token,
-                "owner_host": owner.host,
-                "owner_pid": owner.pid,
-                "owner_task": owner.task,
-                "owner_try": owner.try_number,
-                "stamp": stamp,
-                "keys": keys,
-                "hashes": hashes,
-                "claims": claims,
-            },
-        )
-        return {(key, claim_id) for key, claim_id in result}
+        params = {"namespace": self.namespace, "keys": keys, "hashes": hashes, "claims": claims}
+        return {(key, claim_id) for key, claim_id in self._run(conn, self._insert_sql, params)}
 
-    def mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[str], stamp: int) -> None:
+    def mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[int], stamp: int) -> None:
         if claim_ids:
             self._run(conn, self._mark_sql, {"namespace": self.namespace, "claims": list(claim_ids), "stamp": stamp})
 
@@ -307,14 +324,13 @@ class SqliteStatements(LedgerStatements):
     statement text is built once per size and kept, so sqlite3 finds it
     prepared in its statement cache; claims go in multi-row ``VALUES`` of
     up to :attr:`ROWS_PER_INSERT` rows (as many as the library's limit on
-    parameters allows) with the columns every row shares bound once
-    (``?1`` to ``?7``), and each ``IN`` list is padded (with its last key) to
-    one of a few sizes. One ``sqlite3_step``, and one release of the GIL, per
-    statement rather than per row. Durability is unchanged: the same
-    transactions, the same commits.
+    parameters allows) with the namespace bound once (``?1``), and each
+    ``IN`` list is padded (with its last key) to one of a few sizes. One
+    ``sqlite3_step``, and one release of the GIL, per statement rather than
+    per row. Durability is unchanged: the same transactions, the same commits.
     """
 
-    #: Rows of one claiming INSERT at most: 7 + 3 x 1,000 parameters (SQLite 3.32+ allows 32,766).
+    #: Rows of one claiming INSERT at most: 1 + 3 x 1,000 parameters (SQLite 3.32+ allows 32,766).
     ROWS_PER_INSERT = 1_000
     #: The sizes an IN list is padded to; lists longer than the last go in slices of it.
     IN_SIZES = (1, 8, 64, LOOKUP_SLICE)
@@ -322,41 +338,41 @@ class SqliteStatements(LedgerStatements):
     def __init__(
         self,
         capabilities: LedgerDialect,
-        table: sa.Table,
+        tables: LedgerTables,
         namespace: str,
         owner: ClaimOwner,
         sql_dialect: sa.Dialect,
     ) -> None:
-        super().__init__(capabilities, table, namespace, owner, sql_dialect)
+        super().__init__(capabilities, tables, namespace, owner, sql_dialect)
         self._inserts: dict[int, str] = {}
         self._rows_per_insert: int | None = None
         self._in_statements: dict[tuple[str, int], str] = {}
-        name = self._quoted
         self._heads = {
-            "sent": f"SELECT event_key, content_hash FROM {name} WHERE namespace = ? AND status = 'sent' AND event_key IN",
-            "lookup": f"SELECT {', '.join(LOOKUP_COLUMNS)} FROM {name} WHERE namespace = ? AND event_key IN",
-            "mark": f"UPDATE {name} SET status = 'sent', sent_at = ?, detail = NULL WHERE namespace = ? AND claim_id IN",
+            "sent": f"SELECT e.event_key, e.content_hash FROM {self._from}"
+            f" WHERE e.namespace = ? AND {STATUS_SQL} = 'sent' AND e.event_key IN",
+            "lookup": f"SELECT {self._lookup_columns} FROM {self._from} WHERE e.namespace = ? AND e.event_key IN",
+            "mark": f"UPDATE {self._quoted_claims} SET status = 'sent', sent_at = ?, detail = NULL"
+            " WHERE namespace = ? AND claim_id IN",
         }
 
     def _insert_sql(self, rows: int) -> str:
         sql = self._inserts.get(rows)
         if sql is None:
-            # ?1..?7: namespace, owner (run, host, pid, task, try), stamp; then key, hash, claim id per row
-            values = ",".join(
-                f"(?1,?{8 + 3 * i},'claimed',?{9 + 3 * i},?{10 + 3 * i},?2,?3,?4,?5,?6,?7,?7)" for i in range(rows)
+            # ?1: the namespace; then key, hash, claim id per row
+            values = ",".join(f"(?1,?{2 + 3 * i},?{3 + 3 * i},?{4 + 3 * i})" for i in range(rows))
+            sql = (
+                f"INSERT INTO {self._quoted} (namespace, event_key, content_hash, claim_id)"
+                f" VALUES {values} ON CONFLICT DO NOTHING"
             )
-            sql = f"INSERT INTO {self._quoted} ({', '.join(CLAIM_COLUMNS)}) VALUES {values} ON CONFLICT DO NOTHING"
             self._inserts[rows] = sql
         return sql
 
     def insert_if_absent(
         self, conn: sa.Connection, rows: Sequence[ClaimRow], stamp: int
-    ) -> set[tuple[str, str]] | None:
-        owner = self.owner
-        fixed = (self.namespace, owner.run_token, owner.host, owner.pid, owner.task, owner.try_number, stamp)
+    ) -> set[tuple[str, int]] | None:
         inserted = 0
         for part in slices(rows, self._rows_per_statement(conn)):
-            params = fixed + tuple(itertools.chain.from_iterable(part))
+            params = (self.namespace, *itertools.chain.from_iterable(part))
             inserted += conn.exec_driver_sql(self._insert_sql(len(part)), params).rowcount
         return inserted_if_all(rows, inserted)
 
@@ -366,10 +382,10 @@ class SqliteStatements(LedgerStatements):
             raw = getattr(conn.connection, "dbapi_connection", None)
             getlimit = getattr(raw, "getlimit", None)
             limit = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit is not None else 999
-            self._rows_per_insert = max(1, min(self.ROWS_PER_INSERT, (limit - 7) // 3))
+            self._rows_per_insert = max(1, min(self.ROWS_PER_INSERT, (limit - 1) // 3))
         return self._rows_per_insert
 
-    def _padded(self, kind: str, values: Sequence[str]) -> Iterator[tuple[str, tuple[str, ...]]]:
+    def _padded(self, kind: str, values: Sequence[Any]) -> Iterator[tuple[str, tuple[Any, ...]]]:
         """One ``(sql, values)`` per slice of ``values``, each padded to one of :attr:`IN_SIZES`."""
         largest = self.IN_SIZES[-1]
         for part in slices(values, largest):
@@ -380,7 +396,7 @@ class SqliteStatements(LedgerStatements):
                 self._in_statements[(kind, size)] = sql
             yield sql, (*part, *(part[-1],) * (size - len(part)))
 
-    def mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[str], stamp: int) -> None:
+    def mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[int], stamp: int) -> None:
         for sql, ids in self._padded("mark", claim_ids):
             conn.exec_driver_sql(sql, (stamp, self.namespace, *ids))
 

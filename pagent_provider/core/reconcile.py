@@ -301,12 +301,13 @@ class Reconciler:
         return UNKNOWN_OUTCOME, f"the ledger holds it with an unexpected status {row.status!r}"
 
     def _claim_reason(self, row: LedgerRow, stamp: int) -> str:
-        age_s = max(0, stamp - row.heartbeat_at) / 1000
+        heartbeat_at = row.heartbeat_at or 0  # 0: its claim's row is gone
+        age_s = max(0, stamp - heartbeat_at) / 1000
         owner = f"run {row.owner_run} on {row.owner_host or '?'}"
         if row.owner_task:
             owner += f" (task {row.owner_task}, try {row.owner_try})"
         reason = f"claimed by {owner}, heartbeat {age_s:.0f}s ago"
-        if stamp - row.heartbeat_at > self.ledger.claim_timeout_ms:
+        if stamp - heartbeat_at > self.ledger.claim_timeout_ms:
             reason += ": abandoned, the next run treats it as an unknown outcome"
         return reason
 

@@ -172,8 +172,8 @@ class ConversionSync:
         self._stop_error: BaseException | None = None
         self._answered = False
         self._window: list[list[PendingEvent]] = []
-        self._sent_claims: list[str] = []
-        self._inflight: dict[Future[BatchOutcome], str | None] = {}
+        self._sent_claims: list[int] = []
+        self._inflight: dict[Future[BatchOutcome], int | None] = {}
         self._started = 0.0
         self._last_progress = 0.0
         self._last_heartbeat = 0.0
@@ -333,7 +333,7 @@ class ConversionSync:
                 )
                 self._inflight[future] = claim_id
 
-    def _claim(self, window: list[list[PendingEvent]]) -> list[tuple[str | None, list[PendingEvent]]]:
+    def _claim(self, window: list[list[PendingEvent]]) -> list[tuple[int | None, list[PendingEvent]]]:
         if self.ledger is None:
             return [(None, batch) for batch in window]
         sent_claims, self._sent_claims = self._sent_claims, []
@@ -341,7 +341,7 @@ class ConversionSync:
             [[(event.key, event.content_hash) for event in batch] for batch in window], mark_sent=sent_claims
         )
         s = self.summary
-        claimed: list[tuple[str | None, list[PendingEvent]]] = []
+        claimed: list[tuple[int | None, list[PendingEvent]]] = []
         for claim, batch in zip(claims, window, strict=True):
             s.already_sent += len(claim.already_sent)
             s.changed_after_send += len(claim.changed_after_send)
