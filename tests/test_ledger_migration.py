@@ -203,25 +203,30 @@ def test_a_ledger_written_by_release_0_1_itself_is_moved_and_sends_nothing_twice
         old_sent = {key for (key,) in conn.execute("SELECT event_key FROM pagent_ledger WHERE status = 'sent'")}
         old_unknown = {key for (key,) in conn.execute("SELECT event_key FROM pagent_ledger WHERE status = 'unknown'")}
     assert before["sent"] and before["unknown"] and before["claimed"] == 10  # what the fixture promises
+    assert len(old_sent) + len(old_unknown) + 10 == sum(before.values())
     engine = sa.create_engine(f"sqlite:///{path}")
     try:
         ledger = Ledger(engine, namespace=OLD_NAMESPACE, owner=ClaimOwner())
         ledger.create_tables()
         assert ledger.count_by_status() == before
 
-        frame = old_release_rows().iloc[:990]  # keys 991 to 1,000: a live run of 0.1 holds them
+        with sqlite3.connect(path) as conn:  # keys 991 to 1,000: claimed by a 0.1 run that died since
+            old_claimed = {
+                key for (key,) in conn.execute("SELECT event_key FROM pagent_ledger_layout1 WHERE status = 'claimed'")
+            }
+        frame = old_release_rows()
         first = sync(ledger, pagent_emulator.url, frame)
         # session "s<i>" is order i + 1 (the fixture's rows)
         resent = {str(int(event["session_id"][1:]) + 1) for event in pagent_emulator.events()}
-        never_claimed = {str(key) for key in range(1, 991)} - old_sent - old_unknown
+        never_claimed = {str(key) for key in range(1, 1_001)} - old_sent - old_unknown - old_claimed
         assert resent & old_sent == set()  # nothing acknowledged under 0.1 goes out again
-        assert resent == old_unknown | never_claimed  # the lost answers (policy resend) and the rest
-        assert (first.sent, first.already_sent, first.unknown_resent) == (len(resent), len(old_sent), len(old_unknown))
+        # the lost answers and the dead run's claims (policy resend), and the rest
+        assert resent == old_unknown | old_claimed | never_claimed
+        assert (first.sent, first.already_sent) == (len(resent), len(old_sent))
+        assert first.unknown_resent == len(old_unknown) + len(old_claimed)
 
         again = sync(Ledger(engine, namespace=OLD_NAMESPACE, owner=ClaimOwner()), pagent_emulator.url, frame)
-        assert (again.sent, again.already_sent) == (0, 990)
+        assert (again.sent, again.already_sent) == (0, 1_000)
         assert pagent_emulator.accepted_count == len(resent)
-        live = Ledger(engine, namespace=OLD_NAMESPACE, owner=ClaimOwner()).claim([("991", "h")])
-        assert live.claimed_elsewhere == ["991"]
     finally:
         engine.dispose()

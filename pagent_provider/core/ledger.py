@@ -751,6 +751,7 @@ class Ledger:
 
         def mark(conn: sa.Connection) -> None:
             if key_list is None:
+                self._sql.forget_claim(claim_id)
                 self._update_claim(conn, claim_id, **values)
             else:
                 self._on_keys(conn, claim_id, key_list, self.table.update().values(**values))

@@ -55,6 +55,19 @@ LOOKUP_COLUMNS = (
     ("c", "owner_try"),
     ("c", "heartbeat_at"),
 )
+#: The columns of a claim's own row, in the order the fast paths write them.
+CLAIM_COLUMNS = (
+    "claim_id",
+    "namespace",
+    "status",
+    "owner_run",
+    "owner_host",
+    "owner_pid",
+    "owner_task",
+    "owner_try",
+    "claimed_at",
+    "heartbeat_at",
+)
 #: The status of a key in SQL: its own, else its claim's (a claim row that is gone: unknown, to be safe).
 STATUS_SQL = f"COALESCE(e.status, c.status, '{UNKNOWN}')"
 # Keys per IN (...) list: SQLite before 3.32 allows 999 parameters, and shorter lists plan better.
@@ -137,6 +150,7 @@ class LedgerStatements:
         preparer = sql_dialect.identifier_preparer
         self._quoted = preparer.format_table(tables.events)
         self._quoted_claims = preparer.format_table(tables.claims)
+        self._sent_claims: set[int] = set()
         self._lookup_columns = ", ".join(
             STATUS_SQL if not table else f"{table}.{name}" for table, name in LOOKUP_COLUMNS
         )
@@ -196,13 +210,39 @@ class LedgerStatements:
     # --- reads
 
     def sent_hashes(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, str]]:
-        """``(key, content hash)`` of the keys among ``keys`` that are sent."""
+        """``(key, content hash)`` of the keys among ``keys`` that are sent.
+
+        The question every chunk asks: the keys' rows, then the status of
+        their claims not yet known to be sent (a hundred keys share one), not
+        a join per key. A claim once sent stays sent, so it is asked once.
+        """
+        rows = list(self.key_rows(conn, keys))
+        unsettled = sorted({claim for _, _, claim, own in rows if own is None and claim not in self._sent_claims})
+        if unsettled:
+            self._sent_claims.update(claim for claim, status in self.claim_statuses(conn, unsettled) if status == SENT)
+        for key, digest, claim, own in rows:
+            if own == SENT or (own is None and claim in self._sent_claims):
+                yield key, digest
+
+    def forget_claim(self, claim_id: int) -> None:
+        """``claim_id`` is no longer sent as a whole (its status was set again)."""
+        self._sent_claims.discard(claim_id)
+
+    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, str, int, str | None]]:
+        """``(key, content hash, claim id, the key's own status)`` of the keys among ``keys`` that have a row."""
         e = self.table
+        columns = (e.c.event_key, e.c.content_hash, e.c.claim_id, e.c.status)
         for keys_slice in slices(keys):
             yield from conn.execute(
-                sa.select(e.c.event_key, e.c.content_hash)
-                .select_from(joined(self.tables))
-                .where(e.c.namespace == self.namespace, e.c.event_key.in_(keys_slice), key_status(self.tables) == SENT)
+                sa.select(*columns).where(e.c.namespace == self.namespace, e.c.event_key.in_(keys_slice))
+            )
+
+    def claim_statuses(self, conn: sa.Connection, claim_ids: Sequence[int]) -> Iterator[tuple[int, str]]:
+        """``(claim id, status)`` of the claims among ``claim_ids`` that have a row."""
+        c = self.tables.claims
+        for ids_slice in slices(claim_ids):
+            yield from conn.execute(
+                sa.select(c.c.claim_id, c.c.status).where(c.c.namespace == self.namespace, c.c.claim_id.in_(ids_slice))
             )
 
     def lookup(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
@@ -264,14 +304,25 @@ class ArrayStatements(LedgerStatements):
             " ON CONFLICT DO NOTHING"
             " RETURNING event_key, claim_id"
         )
+        self._claims_sql = self._statement(
+            f"INSERT INTO {self._quoted_claims} ({', '.join(CLAIM_COLUMNS)})"
+            " SELECT k.claim_id, CAST(:namespace AS VARCHAR), 'claimed', CAST(:owner_run AS VARCHAR),"
+            " CAST(:owner_host AS VARCHAR), CAST(:owner_pid AS INTEGER), CAST(:owner_task AS VARCHAR),"
+            " CAST(:owner_try AS INTEGER), CAST(:stamp AS BIGINT), CAST(:stamp AS BIGINT)"
+            " FROM unnest(CAST(:claims AS BIGINT[])) AS k(claim_id)"
+            " ON CONFLICT DO NOTHING"
+        )
         self._mark_sql = self._statement(
             f"UPDATE {self._quoted_claims} SET status = 'sent', sent_at = CAST(:stamp AS BIGINT), detail = NULL"
             " WHERE namespace = CAST(:namespace AS VARCHAR) AND claim_id = ANY(CAST(:claims AS BIGINT[]))"
         )
-        self._sent_sql = self._statement(
-            f"SELECT e.event_key, e.content_hash FROM {self._from}"
-            f" WHERE e.namespace = CAST(:namespace AS VARCHAR) AND e.event_key = ANY(CAST(:keys AS TEXT[]))"
-            f" AND {STATUS_SQL} = 'sent'"
+        self._keys_sql = self._statement(
+            f"SELECT event_key, content_hash, claim_id, status FROM {self._quoted}"
+            " WHERE namespace = CAST(:namespace AS VARCHAR) AND event_key = ANY(CAST(:keys AS TEXT[]))"
+        )
+        self._claim_status_sql = self._statement(
+            f"SELECT claim_id, status FROM {self._quoted_claims}"
+            " WHERE namespace = CAST(:namespace AS VARCHAR) AND claim_id = ANY(CAST(:claims AS BIGINT[]))"
         )
         self._lookup_sql = self._statement(
             f"SELECT {self._lookup_columns} FROM {self._from}"
@@ -298,13 +349,33 @@ class ArrayStatements(LedgerStatements):
         params = {"namespace": self.namespace, "keys": keys, "hashes": hashes, "claims": claims}
         return {(key, claim_id) for key, claim_id in self._run(conn, self._insert_sql, params)}
 
+    def insert_claims(self, conn: sa.Connection, claim_ids: Sequence[int], stamp: int) -> None:
+        if claim_ids:
+            owner = self.owner
+            params = {
+                "namespace": self.namespace,
+                "owner_run": owner.run_token,
+                "owner_host": owner.host,
+                "owner_pid": owner.pid,
+                "owner_task": owner.task,
+                "owner_try": owner.try_number,
+                "stamp": stamp,
+                "claims": list(claim_ids),
+            }
+            self._run(conn, self._claims_sql, params)
+
     def mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[int], stamp: int) -> None:
         if claim_ids:
             self._run(conn, self._mark_sql, {"namespace": self.namespace, "claims": list(claim_ids), "stamp": stamp})
 
-    def sent_hashes(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, str]]:
+    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, str, int, str | None]]:
         if keys:
-            yield from self._run(conn, self._sent_sql, {"namespace": self.namespace, "keys": list(keys)})
+            yield from self._run(conn, self._keys_sql, {"namespace": self.namespace, "keys": list(keys)})
+
+    def claim_statuses(self, conn: sa.Connection, claim_ids: Sequence[int]) -> Iterator[tuple[int, str]]:
+        if claim_ids:
+            params = {"namespace": self.namespace, "claims": list(claim_ids)}
+            yield from self._run(conn, self._claim_status_sql, params)
 
     def lookup(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
         if keys:
@@ -332,6 +403,8 @@ class SqliteStatements(LedgerStatements):
 
     #: Rows of one claiming INSERT at most: 1 + 3 x 1,000 parameters (SQLite 3.32+ allows 32,766).
     ROWS_PER_INSERT = 1_000
+    #: Claims' own rows per INSERT at most: 7 + 1 parameters per row stay below the 999 of old libraries.
+    CLAIMS_PER_INSERT = 900
     #: The sizes an IN list is padded to; lists longer than the last go in slices of it.
     IN_SIZES = (1, 8, 64, LOOKUP_SLICE)
 
@@ -345,11 +418,13 @@ class SqliteStatements(LedgerStatements):
     ) -> None:
         super().__init__(capabilities, tables, namespace, owner, sql_dialect)
         self._inserts: dict[int, str] = {}
+        self._claim_rows_sql: dict[int, str] = {}
         self._rows_per_insert: int | None = None
         self._in_statements: dict[tuple[str, int], str] = {}
         self._heads = {
-            "sent": f"SELECT e.event_key, e.content_hash FROM {self._from}"
-            f" WHERE e.namespace = ? AND {STATUS_SQL} = 'sent' AND e.event_key IN",
+            "keys": f"SELECT event_key, content_hash, claim_id, status FROM {self._quoted}"
+            " WHERE namespace = ? AND event_key IN",
+            "claims": f"SELECT claim_id, status FROM {self._quoted_claims} WHERE namespace = ? AND claim_id IN",
             "lookup": f"SELECT {self._lookup_columns} FROM {self._from} WHERE e.namespace = ? AND e.event_key IN",
             "mark": f"UPDATE {self._quoted_claims} SET status = 'sent', sent_at = ?, detail = NULL"
             " WHERE namespace = ? AND claim_id IN",
@@ -366,6 +441,18 @@ class SqliteStatements(LedgerStatements):
             )
             self._inserts[rows] = sql
         return sql
+
+    def insert_claims(self, conn: sa.Connection, claim_ids: Sequence[int], stamp: int) -> None:
+        owner = self.owner
+        fixed = (self.namespace, owner.run_token, owner.host, owner.pid, owner.task, owner.try_number, stamp)
+        for part in slices(claim_ids, self.CLAIMS_PER_INSERT):
+            sql = self._claim_rows_sql.get(len(part))
+            if sql is None:
+                # ?1..?7: namespace, owner (run, host, pid, task, try), stamp; then one claim id per row
+                values = ",".join(f"(?{8 + i},?1,'claimed',?2,?3,?4,?5,?6,?7,?7)" for i in range(len(part)))
+                sql = f"INSERT INTO {self._quoted_claims} ({', '.join(CLAIM_COLUMNS)}) VALUES {values} ON CONFLICT DO NOTHING"
+                self._claim_rows_sql[len(part)] = sql
+            conn.exec_driver_sql(sql, fixed + tuple(part))
 
     def insert_if_absent(
         self, conn: sa.Connection, rows: Sequence[ClaimRow], stamp: int
@@ -400,8 +487,12 @@ class SqliteStatements(LedgerStatements):
         for sql, ids in self._padded("mark", claim_ids):
             conn.exec_driver_sql(sql, (stamp, self.namespace, *ids))
 
-    def sent_hashes(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, str]]:
-        for sql, padded in self._padded("sent", keys):
+    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, str, int, str | None]]:
+        for sql, padded in self._padded("keys", keys):
+            yield from conn.exec_driver_sql(sql, (self.namespace, *padded))
+
+    def claim_statuses(self, conn: sa.Connection, claim_ids: Sequence[int]) -> Iterator[tuple[int, str]]:
+        for sql, padded in self._padded("claims", claim_ids):
             yield from conn.exec_driver_sql(sql, (self.namespace, *padded))
 
     def lookup(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:

@@ -7,8 +7,8 @@ Run against the 0.1 code (commit ab24eea), from a checkout of it::
 The sync sends :func:`rows` (1,000 orders) to an emulator that drops every
 4th connection after storing the events, so the run stops at the first lost
 answer: some batches are ``sent``, some ``unknown``, the rest never claimed.
-A second owner then claims keys 991 to 1,000 and stays silent, as a live run
-would. ``tests/test_ledger_migration.py`` loads the dump into a new SQLite
+A second owner then claims keys 991 to 1,000 and is never heard of again:
+by the time a test loads the dump, a run that died with claims. ``tests/test_ledger_migration.py`` loads the dump into a new SQLite
 file and syncs the same rows with the current code.
 """
 
@@ -58,9 +58,9 @@ def main(out: Path) -> None:
         frame = rows().iloc[:990]
         chunks = [frame.iloc[i : i + 500] for i in range(0, len(frame), 500)]
         try:
-            ConversionSync(client, TransformConfig(key_column="order_id"), SyncOptions(max_workers=4), ledger=ledger).run(
-                chunks
-            )
+            ConversionSync(
+                client, TransformConfig(key_column="order_id"), SyncOptions(max_workers=4), ledger=ledger
+            ).run(chunks)
         except PagentUnknownOutcomeError:
             pass
         finally:
