@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from pagent_provider.core.ledger import CLAIMED, SENT, UNKNOWN, ClaimResult, Ledger, RejectRecord, build_tables
 from pagent_provider.core.ledger_dialects import DIALECTS, DUCKDB, MYSQL, POSTGRESQL, SQLITE, ledger_dialect
+from pagent_provider.core.ledger_migration import layout_1_table
 from pagent_provider.core.ledger_retry import is_transient
 from pagent_provider.core.ledger_statements import joined, key_status
 from pagent_provider.core.owner import ClaimOwner
@@ -116,26 +117,9 @@ def stored(ledger: Ledger) -> dict[str, sa.Row]:
 
 def create_old_tables(engine: sa.Engine, table_name: str = "pagent_ledger") -> None:
     """The tables as the previous version made them: plain VARCHAR keys, in the database's collation."""
-    metadata = sa.MetaData()
-    sa.Table(
-        table_name,
-        metadata,
-        sa.Column("namespace", sa.String(128), primary_key=True),
-        sa.Column("event_key", sa.String(255), primary_key=True),
-        sa.Column("status", sa.String(16), nullable=False),
-        sa.Column("content_hash", sa.String(64), nullable=False),
-        sa.Column("claim_id", sa.String(32), nullable=False),
-        sa.Column("owner_run", sa.String(32), nullable=False),
-        sa.Column("owner_host", sa.String(255)),
-        sa.Column("owner_pid", sa.Integer),
-        sa.Column("owner_task", sa.String(512)),
-        sa.Column("owner_try", sa.Integer),
-        sa.Column("claimed_at", sa.BigInteger, nullable=False),
-        sa.Column("heartbeat_at", sa.BigInteger, nullable=False),
-        sa.Column("sent_at", sa.BigInteger),
-        sa.Column("detail", sa.String(1000)),
-        sa.Index(f"ix_{table_name}_claim", "namespace", "claim_id"),
-    )
+    old = layout_1_table(sa.Table(table_name, sa.MetaData()), sa.String)  # plain VARCHAR keys
+    sa.Index(f"ix_{table_name}_claim", old.c.namespace, old.c.claim_id)
+    metadata = old.metadata
     sa.Table(
         f"{table_name}_rejects",
         metadata,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from data.make_ledger_0_1 import rows as old_release_rows
 from test_ledger import run_together  # the tests directory is on sys.path (rootdir conftest)
 
 from pagent_provider.core.client import PagentClient
@@ -76,16 +77,7 @@ def make_layout_1(engine: sa.Engine) -> list[dict[str, object]]:
 
 
 def frame() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "order_id": [str(i) for i in range(1, ROWS + 1)],
-            "session_id": [f"s{i}" for i in range(ROWS)],
-            "user_id": "u",
-            "conversion_id": "c",
-            "revenue": 12.5,
-            "time": pd.Timestamp("2026-10-01 12:00:00"),
-        }
-    )
+    return old_release_rows(ROWS)
 
 
 def sync(ledger: Ledger, url: str, rows: pd.DataFrame):
@@ -194,7 +186,6 @@ def test_a_ledger_written_by_release_0_1_itself_is_moved_and_sends_nothing_twice
     import sqlite3
 
     from data.make_ledger_0_1 import NAMESPACE as OLD_NAMESPACE
-    from data.make_ledger_0_1 import rows as old_release_rows
 
     path = tmp_path / "ledger.db"
     with sqlite3.connect(path) as conn:

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
 import re
+import secrets
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +43,7 @@ import sqlalchemy as sa
 
 from pagent_provider.core import defaults
 from pagent_provider.core.ledger_dialects import LedgerDialect, ledger_dialect
-from pagent_provider.core.ledger_migration import migrate_layout_1
+from pagent_provider.core.ledger_migration import is_layout_1, migrate_layout_1
 from pagent_provider.core.ledger_retry import LedgerRetry
 from pagent_provider.core.ledger_statements import (
     CLAIMED,
@@ -320,8 +320,6 @@ class Ledger:
         self._sql: LedgerStatements = self.database.statements(
             self.database, self.tables, namespace, self.owner, engine.dialect
         )
-        # 63 random bits per claim: ids never repeat in practice, and no urandom call per batch
-        self._claim_ids = random.Random()
         # the keys of this object's claims still in flight: whole-claim releases delete by key
         self._claim_keys: dict[int, set[str]] = {}
         if self.database.prepare_engine is not None:
@@ -502,8 +500,10 @@ class Ledger:
 
         return self._write("claim", consequence, claim)
 
-    def _new_claim_id(self) -> int:
-        return self._claim_ids.getrandbits(63) or 1
+    @staticmethod
+    def _new_claim_id() -> int:
+        # 63 bits from the OS for every claim: a process forked from this one draws its own
+        return secrets.randbits(63) or 1
 
     def _insert_if_absent(self, conn: sa.Connection, rows: list[ClaimRow], stamp: int) -> set[tuple[str, int]] | None:
         """Insert the rows whose key is free; return their ``(key, claim id)`` (``None``: not known, look up)."""
@@ -650,7 +650,36 @@ class Ledger:
         )
 
     def _mark_abandoned_unknown(self, rows: Sequence[LedgerRow]) -> None:
-        self._swap_claims(rows, {}, status=UNKNOWN, detail="its owner stopped while it was claimed")
+        """The owner of these claimed keys stopped: their claims' outcome is unknown.
+
+        Set on the claim, whose keys share one heartbeat, so that the owner's
+        late acknowledgement (its answer was only slow) still makes every key
+        sent; keys with a status of their own (moved from the first layout)
+        get it on the key, compare-and-swap on the claim they were read with.
+        """
+        e, c = self.table, self.claims_table
+        detail = "its owner stopped while it was claimed"
+        claim_ids = sorted({row.claim_id for row in rows})
+        keyed = [
+            {"b_key": row.event_key, "b_old_claim": row.claim_id} for row in sorted(rows, key=lambda r: r.event_key)
+        ]
+
+        def mark(conn: sa.Connection) -> None:
+            for ids_slice in slices(claim_ids):
+                conn.execute(
+                    c.update()
+                    .where(c.c.namespace == self.namespace, c.c.claim_id.in_(ids_slice), c.c.status == CLAIMED)
+                    .values(status=UNKNOWN, detail=detail)
+                )
+            own = e.update().where(
+                e.c.namespace == self.namespace,
+                e.c.event_key == sa.bindparam("b_key"),
+                e.c.claim_id == sa.bindparam("b_old_claim"),
+                e.c.status == CLAIMED,
+            )
+            conn.execute(own.values(status=UNKNOWN, detail=detail), keyed)
+
+        self._write("claim", lambda: f"{len(rows)} events could not be claimed, so none of them was sent", mark)
 
     def _take_over(self, rows: Sequence[LedgerRow], hashes: dict[str, str], claim_id: int) -> set[str]:
         # The keys move to this run's claim (its row holds owner and heartbeat) and
@@ -743,6 +772,9 @@ class Ledger:
     def mark_unknown(self, claim_id: int, keys: Iterable[str] | None, detail: str) -> None:
         """The answer for these keys was lost: they may or may not have been recorded.
 
+        ``keys`` None: all of the claim, unless it was already acknowledged as a
+        whole (a claim once sent stays sent).
+
         Raises:
             PagentLedgerUnavailableError: the database kept failing.
         """
@@ -751,8 +783,13 @@ class Ledger:
 
         def mark(conn: sa.Connection) -> None:
             if key_list is None:
-                self._sql.forget_claim(claim_id)
-                self._update_claim(conn, claim_id, **values)
+                # a claim once sent stays sent: its answer came, whatever is said of it later
+                c = self.claims_table
+                conn.execute(
+                    c.update()
+                    .where(c.c.namespace == self.namespace, c.c.claim_id == claim_id, c.c.status != SENT)
+                    .values(**values)
+                )
             else:
                 self._on_keys(conn, claim_id, key_list, self.table.update().values(**values))
 
@@ -889,6 +926,12 @@ class Ledger:
         """
         if batch < 1:
             raise PagentConfigError(f"batch must be at least 1, got {batch}")
+        with self.engine.connect() as conn:
+            if is_layout_1(conn, self.table):
+                raise PagentLedgerError(
+                    f"ledger table {self.table_name!r} has the layout of release 0.1: run one sync with this "
+                    "release first, which moves it to the current layout, then prune"
+                )
         t = self.table
         deleted, last_key = 0, None
         still_named: set[int] = set()  # the claims of the keys that stay
@@ -937,7 +980,11 @@ class Ledger:
         A claim that old is never named again: a key taken over moves to a new claim.
         """
         c = self.claims_table
-        query = sa.select(c.c.claim_id).where(c.c.namespace == self.namespace, c.c.claimed_at < before_ms)
+        # and quiet since well before the prune: a claim made (or heartbeating) while the keys were scanned stays
+        quiet_since = min(before_ms, now_ms()) - self.claim_timeout_ms
+        query = sa.select(c.c.claim_id).where(
+            c.c.namespace == self.namespace, c.c.claimed_at < before_ms, c.c.heartbeat_at < quiet_since
+        )
         unnamed = [
             claim_id
             for claim_id in self._read("prune (find claims)", lambda conn: list(conn.execute(query).scalars()))

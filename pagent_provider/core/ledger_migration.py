@@ -146,7 +146,8 @@ def _copy_claims(conn: sa.Connection, old: sa.Table, claims: sa.Table) -> tuple[
         sa.func.min(o.namespace),
         sa.func.min(o.status),
         sa.func.max(o.status),
-        sa.func.count(sa.distinct(sa.func.coalesce(o.detail, ""))),
+        # compared as bytes: a MySQL collation would call "Timeout" and "timeout " one detail
+        sa.func.count(sa.distinct(sa.cast(sa.func.coalesce(o.detail, ""), sa.LargeBinary))),
         sa.func.min(o.detail),
         sa.func.min(o.owner_run),
         sa.func.min(o.owner_host),

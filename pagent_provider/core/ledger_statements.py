@@ -224,10 +224,6 @@ class LedgerStatements:
             if own == SENT or (own is None and claim in self._sent_claims):
                 yield key, digest
 
-    def forget_claim(self, claim_id: int) -> None:
-        """``claim_id`` is no longer sent as a whole (its status was set again)."""
-        self._sent_claims.discard(claim_id)
-
     def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, str, int, str | None]]:
         """``(key, content hash, claim id, the key's own status)`` of the keys among ``keys`` that have a row."""
         e = self.table

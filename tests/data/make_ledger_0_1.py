@@ -26,12 +26,12 @@ NAMESPACE = "pagent_default"
 ROWS = 1_000
 
 
-def rows() -> pd.DataFrame:
-    """The warehouse rows both releases sync (keyed by ``order_id``)."""
+def rows(count: int = ROWS) -> pd.DataFrame:
+    """The warehouse rows both releases sync (keyed by ``order_id``; session ``s<i>`` is order ``i + 1``)."""
     return pd.DataFrame(
         {
-            "order_id": [str(i) for i in range(1, ROWS + 1)],
-            "session_id": [f"s{i}" for i in range(ROWS)],
+            "order_id": [str(i) for i in range(1, count + 1)],
+            "session_id": [f"s{i}" for i in range(count)],
             "user_id": "u",
             "conversion_id": "c",
             "revenue": 12.5,
