@@ -89,14 +89,13 @@ def migrate_layout_1(ledger: Ledger) -> int | None:
             return None
     database = ledger.database
     try:
-        with ledger.engine.connect() as conn:
+        # engine.begin(), not connect() and commit(): SQLAlchemy 1.4's connections (Airflow 2) have no commit()
+        with ledger.engine.begin() as conn:
             database.migration_lock(conn, ledger.table)
             try:
                 if not is_layout_1(conn, ledger.table):  # another worker moved it while we waited
-                    conn.commit()
                     return None
                 moved = _move(conn, ledger)
-                conn.commit()
             finally:
                 database.migration_unlock(conn, ledger.table)
     except sa.exc.DBAPIError as error:
