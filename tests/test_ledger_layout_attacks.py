@@ -379,7 +379,7 @@ _KILLED_MOVE = textwrap.dedent(
             self.conn, self.inserts = conn, 0
         def execute(self, statement, *args):
             result = self.conn.execute(statement, *args)
-            if isinstance(statement, sa.Insert):
+            if isinstance(statement, sa.sql.expression.Insert):
                 self.inserts += 1
                 if self.inserts == 4:  # the claims and 3 pages of keys are in; the rest never comes
                     ready.write_text("copying")

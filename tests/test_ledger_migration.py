@@ -73,6 +73,10 @@ def make_layout_1(engine: sa.Engine) -> list[dict[str, object]]:
     rows = old_rows(now_ms())
     with engine.begin() as conn:
         conn.execute(table.insert(), rows)
+    if engine.dialect.name == "sqlite":  # as release 0.1 left its file
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+    engine.dispose()  # the ledgers' connections are their own, with their busy timeout
     return rows
 
 
