@@ -707,9 +707,12 @@ class Ledger:
         for restricted in self._sql.on_keys(statement, list(keys)):
             conn.execute(restricted)
 
-    def _update_claim(self, conn: sa.Connection, claim_id: int, **values: object) -> None:
+    def _update_claim(
+        self, conn: sa.Connection, claim_id: int, *conditions: sa.ColumnElement[bool], **values: object
+    ) -> None:
         c = self.claims_table
-        conn.execute(c.update().where(c.c.namespace == self.namespace, c.c.claim_id == claim_id).values(**values))
+        where = (c.c.namespace == self.namespace, c.c.claim_id == claim_id, *conditions)
+        conn.execute(c.update().where(*where).values(**values))
 
     def _forget(self, claim_id: int, keys: list[str] | None) -> None:
         """These keys of a claim are settled: no whole-claim release needs them any more."""
@@ -784,12 +787,7 @@ class Ledger:
         def mark(conn: sa.Connection) -> None:
             if key_list is None:
                 # a claim once sent stays sent: its answer came, whatever is said of it later
-                c = self.claims_table
-                conn.execute(
-                    c.update()
-                    .where(c.c.namespace == self.namespace, c.c.claim_id == claim_id, c.c.status != SENT)
-                    .values(**values)
-                )
+                self._update_claim(conn, claim_id, self.claims_table.c.status != SENT, **values)
             else:
                 self._on_keys(conn, claim_id, key_list, self.table.update().values(**values))
 
