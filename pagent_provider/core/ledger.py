@@ -358,7 +358,9 @@ class Ledger:
         """
         if self.database.before_create is not None:
             self.database.before_create(self.engine)
-        migrate_layout_1(self)
+        # through the retry: a pooled connection killed since the last run must not fail the start
+        if self._read("layout check", lambda conn: is_layout_1(conn, self.table)):
+            migrate_layout_1(self)
         self._create_missing_tables()
         if self.database.check_key_columns is not None:
             with self.engine.connect() as conn:

@@ -77,16 +77,16 @@ def is_layout_1(conn: sa.Connection, table: sa.Table) -> bool:
 
 
 def migrate_layout_1(ledger: Ledger) -> int | None:
-    """Move ``ledger``'s table to the current layout if it is a first-layout one; the keys moved, or ``None``.
+    """Move ``ledger``'s table to the current layout if it is still a first-layout one; the keys moved, or ``None``.
+
+    Called when :func:`is_layout_1` said so; it looks again under the lock
+    (another worker may have moved the table meanwhile).
 
     Raises:
         PagentLedgerError: the copy does not add up (nothing was swapped), or
             the database refused (the ledger's user may lack the rights to
             create and rename tables: run the sync once as one who has them).
     """
-    with ledger.engine.connect() as conn:
-        if not is_layout_1(conn, ledger.table):
-            return None
     database = ledger.database
     try:
         # engine.begin(), not connect() and commit(): SQLAlchemy 1.4's connections (Airflow 2) have no commit()
