@@ -62,7 +62,7 @@ RULES: tuple[Rule, ...] = (
     ("hashing: content_hash / ledger_key", lambda q, p: q.split(".")[-1] in ("content_hash", "ledger_key")),
     ("ledger: claim (claim_batches)", lambda q, p: q.startswith("Ledger.claim")),
     ("ledger: mark sent", lambda q, p: q.startswith("Ledger.mark_")),
-    ("ledger: lookup (sent_hashes, lookup)", lambda q, p: q in ("Ledger.sent_hashes", "Ledger.lookup")),
+    ("ledger: lookup (sent_digests, lookup)", lambda q, p: q in ("Ledger.sent_digests", "Ledger.lookup")),
     ("ledger: other (create_tables, heartbeat, ...)", lambda q, p: q.startswith("Ledger.")),
     ("HTTP: deliver_batch (senders)", lambda q, p: q.endswith("deliver_batch")),
     (

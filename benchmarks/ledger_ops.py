@@ -5,7 +5,7 @@ Usage::
     python -m benchmarks.ledger_ops [--events 50000] [--db sqlite|postgresql|mariadb|all] [--busy] [--json]
 
 It drives a :class:`~pagent_provider.core.ledger.Ledger` exactly as a sync with
-``max_workers=4`` does: per chunk of 10,000 events one ``sent_hashes`` lookup,
+``max_workers=4`` does: per chunk of 10,000 events one ``sent_digests`` lookup,
 per window of 4 batches of 100 one ``claim_batches`` that also marks the
 previous window's claims sent, and a last ``mark_claims_sent``. It prints the
 wall time and the main thread's CPU time per event. ``--busy`` runs a
@@ -86,7 +86,7 @@ def drive(ledger: Ledger, entries: Sequence[tuple[str, str]], workers: int = 4) 
     pending: list[str] = []
     for start in range(0, len(entries), CHUNK):
         chunk = entries[start : start + CHUNK]
-        ledger.sent_hashes([key for key, _ in chunk])
+        ledger.sent_digests([key for key, _ in chunk])
         window = workers * BATCH
         for w in range(0, len(chunk), window):
             part = chunk[w : w + window]
@@ -155,7 +155,7 @@ def measure(
         ledger = Ledger(engine, namespace=namespace)
         ledger.create_tables()
         entries = event_keys(events)
-        ledger.sent_hashes([key for key, _ in entries[:10]])  # connect and warm up outside the timing
+        ledger.sent_digests([key for key, _ in entries[:10]])  # connect and warm up outside the timing
         with busy_thread(busy):
             server = server_cpu_s(engine)
             cpu = time.thread_time()

@@ -7,7 +7,7 @@
   "mark sent" left behind included), MariaDB's ``DATA_LENGTH + INDEX_LENGTH``
   after ``ANALYZE TABLE``.
 - :func:`prefill`: ``count`` rows already sent, shaped like a real run's
-  (numeric order ids as keys, 32-hex content hashes, one claim id per 100
+  (numeric order ids as keys, 32-bit content digests, one claim id per 100
   keys, this host's owner), written by one ``INSERT ... SELECT`` per slice.
 - :func:`mariadb_database`: a scratch MariaDB database, dropped afterwards.
 """
@@ -58,21 +58,23 @@ def _rows(ledger: Ledger) -> int:
 
 def bytes_per_event(ledger: Ledger) -> LedgerSize:
     """How many bytes ``ledger``'s key and claim tables and their indexes take, and how many keys they hold."""
-    names = (ledger.table.name, ledger.claims_table.name)
+    tables = (ledger.table, ledger.claims_table, ledger.namespaces_table)
+    names = tuple(table.name for table in tables)
     dialect = ledger.engine.dialect.name
     rows = _rows(ledger)
     with ledger.engine.connect() as conn:
         if dialect == "sqlite":
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
             objects = [
-                row[0] for row in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE tbl_name IN (?, ?)", names)
+                row[0]
+                for row in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE tbl_name IN (?, ?, ?)", names)
             ]
             try:
                 marks = ",".join("?" * len(objects))
                 size = conn.exec_driver_sql(
                     f"SELECT SUM(pgsize) FROM dbstat WHERE name IN ({marks})", tuple(objects)
                 ).scalar_one()
-                method = "dbstat pages of the key and claim tables and their indexes"
+                method = "dbstat pages of the key, claim and namespace tables and their indexes"
             except sa.exc.OperationalError:  # a library built without dbstat
                 pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
                 free = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
@@ -85,10 +87,10 @@ def bytes_per_event(ledger: Ledger) -> LedgerSize:
                 conn.execute(
                     sa.text("SELECT pg_total_relation_size(CAST(:t AS regclass))"), {"t": preparer.format_table(table)}
                 ).scalar_one()
-                for table in (ledger.table, ledger.claims_table)
+                for table in tables
             )
             return LedgerSize(
-                "PostgreSQL", int(size), rows, "pg_total_relation_size of both tables (heap, indexes, TOAST, maps)"
+                "PostgreSQL", int(size), rows, "pg_total_relation_size of the three tables (heap, indexes, TOAST, maps)"
             )
         if dialect in ("mysql", "mariadb"):
             size = 0
@@ -100,7 +102,7 @@ def bytes_per_event(ledger: Ledger) -> LedgerSize:
                     (name,),
                 ).scalar_one()
             return LedgerSize(
-                "MariaDB", int(size), rows, "DATA_LENGTH + INDEX_LENGTH of both tables after ANALYZE TABLE"
+                "MariaDB", int(size), rows, "DATA_LENGTH + INDEX_LENGTH of the three tables after ANALYZE TABLE"
             )
     raise ValueError(f"no size measurement for {dialect}")
 
@@ -123,6 +125,7 @@ def prefill(ledger: Ledger, first_key: int, count: int, *, slice_rows: int = 500
             "first": start,
             "last": last,
             "ns": ledger.namespace,
+            "ns_id": ledger.register_namespace(),
             "base": base,
             "run": owner.run_token,
             "host": owner.host,
@@ -135,8 +138,8 @@ def prefill(ledger: Ledger, first_key: int, count: int, *, slice_rows: int = 500
                 f"INSERT OR IGNORE INTO {claims} ({_CLAIM_COLUMNS}) {numbers}"
                 " SELECT :base + i / 100, :ns, 'sent', :run, :host, :pid, :stamp, :stamp, :stamp FROM n"
                 " WHERE i % 100 = 0 OR i = :first",
-                f"INSERT INTO {events} (namespace, event_key, content_hash, claim_id) {numbers}"
-                " SELECT :ns, CAST(i AS TEXT), lower(hex(randomblob(16))), :base + i / 100 FROM n",
+                f"INSERT INTO {events} (namespace_id, event_key, content_digest, claim_id) {numbers}"
+                " SELECT :ns_id, CAST(i AS TEXT), random() >> 32, :base + i / 100 FROM n",
             ]
         elif dialect == "postgresql":
             series = "FROM generate_series(:first, :last) AS i"
@@ -144,8 +147,8 @@ def prefill(ledger: Ledger, first_key: int, count: int, *, slice_rows: int = 500
                 f"INSERT INTO {claims} ({_CLAIM_COLUMNS})"
                 f" SELECT DISTINCT :base + i / 100, :ns, 'sent', :run, :host, :pid, :stamp, :stamp, :stamp {series}"
                 " ON CONFLICT DO NOTHING",
-                f"INSERT INTO {events} (namespace, event_key, content_hash, claim_id)"
-                f" SELECT :ns, CAST(i AS TEXT), md5(CAST(i AS TEXT)), :base + i / 100 {series}",
+                f"INSERT INTO {events} (namespace_id, event_key, content_digest, claim_id)"
+                f" SELECT :ns_id, CAST(i AS TEXT), hashtext(CAST(i AS TEXT)), :base + i / 100 {series}",
             ]
         else:
             raise ValueError(f"no prefill for {dialect}")
@@ -154,7 +157,7 @@ def prefill(ledger: Ledger, first_key: int, count: int, *, slice_rows: int = 500
                 conn.execute(sa.text(sql), params)
     if dialect == "postgresql":  # what autovacuum would have done by the next day
         with ledger.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            for name in (events, claims):
+            for name in (events, claims):  # the namespaces' one row needs nothing
                 conn.exec_driver_sql(f"VACUUM ANALYZE {name}")
     return time.perf_counter() - started
 

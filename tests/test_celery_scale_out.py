@@ -123,7 +123,8 @@ class Deployment:
             rows = conn.execute(
                 sa.text(
                     "SELECT e.event_key, COALESCE(e.status, c.status) FROM pagent_ledger e"
-                    " LEFT JOIN pagent_ledger_claims c ON c.claim_id = e.claim_id WHERE e.namespace = :ns"
+                    " JOIN pagent_ledger_namespaces n ON n.namespace_id = e.namespace_id"
+                    " LEFT JOIN pagent_ledger_claims c ON c.claim_id = e.claim_id WHERE n.namespace = :ns"
                 ),
                 {"ns": defaults.PAGENT_CONN_ID},
             ).all()

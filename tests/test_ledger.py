@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from pagent_provider.core.ledger import CLAIMED, SENT, UNKNOWN, ClaimResult, Ledger, LedgerRow, RejectRecord, now_ms
+from pagent_provider.core.ledger_statements import content_digest
 from pagent_provider.core.owner import ClaimOwner, process_is_alive, silence_ms
 
 NAMESPACE = "pagent_default"
@@ -127,7 +128,10 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0, what: str
 
 
 def test_tables_are_created_on_first_use_idempotently_even_when_workers_race(engine):
-    """Four workers creating the tables at once: each finds all three tables there as soon as its call returns."""
+    """Four workers creating the tables at once: each finds all four tables there as soon as its call returns.
+
+    And the namespace they all register at once gets one id.
+    """
     table = "conv_ledger"
     assert not Ledger(engine, namespace=NAMESPACE, table_name=table).tables_exist()
     inspector_names: list[set[str]] = []
@@ -138,12 +142,16 @@ def test_tables_are_created_on_first_use_idempotently_even_when_workers_race(eng
 
     run_together(*[create_and_look] * 4)
     for names in inspector_names:
-        assert {table, f"{table}_claims", f"{table}_rejects"} <= names, (
+        assert {table, f"{table}_claims", f"{table}_rejects", f"{table}_namespaces"} <= names, (
             f"create_tables returned before the tables existed: {names}"
         )
     again = Ledger(engine, namespace=NAMESPACE, table_name=table)
     again.create_tables()  # and once more, when everything is there
     assert again.tables_exist()
+    n = again.namespaces_table
+    with engine.connect() as conn:
+        registered = [tuple(row) for row in conn.execute(sa.select(n.c.namespace_id, n.c.namespace))]
+    assert registered == [(1, NAMESPACE)]
     assert again.claim(entries(keys(3))).claimed == set(keys(3))
 
 
@@ -186,7 +194,9 @@ def test_already_sent_keys_are_reported_and_changed_content_is_flagged(engine):
     assert sorted(result.changed_after_send) == changed
     rows = rows_of(later, keys(10))
     assert {row.status for row in rows.values()} == {SENT}
-    assert all(row.content_hash == digest(key) for key, row in rows.items()), "a later claim overwrote a sent row"
+    assert all(row.content_digest == content_digest(digest(key)) for key, row in rows.items()), (
+        "a later claim overwrote a sent row"
+    )
 
 
 def test_release_lets_a_later_claim_take_the_key(engine):

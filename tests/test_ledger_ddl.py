@@ -42,7 +42,11 @@ def claim_and_mark(engine: sa.Engine) -> dict[str, int]:
     ledger.mark_sent(claim.claim_id)
     with engine.connect() as conn:  # the claim is the one row of the printed claims table, marked there
         claims = conn.execute(sa.select(ledger.claims_table.c.claim_id, ledger.claims_table.c.status)).all()
+        names = conn.execute(
+            sa.select(ledger.namespaces_table.c.namespace_id, ledger.namespaces_table.c.namespace)
+        ).all()
     assert [tuple(row) for row in claims] == [(claim.claim_id, "sent")]
+    assert [tuple(row) for row in names] == [(1, "pagent_default")]  # registered in the printed namespaces table
     return ledger.count_by_status()
 
 
@@ -51,7 +55,7 @@ def test_the_printed_ddl_creates_tables_the_ledger_uses(database: str, request, 
     url = f"sqlite:///{tmp_path / 'l.db'}" if database == "sqlite" else request.getfixturevalue(f"{database}_url")
     dialect = {"sqlite": "sqlite", "postgres": "postgresql", "mariadb": "mariadb"}[database]
     statements = printed(dialect)
-    assert sum(s.startswith("CREATE TABLE") for s in statements) == 4  # events, claims, rejects, runs
+    assert sum(s.startswith("CREATE TABLE") for s in statements) == 5  # events, claims, namespaces, rejects, runs
     execute(url, statements)
     engine = sa.create_engine(url)
     try:
@@ -59,6 +63,7 @@ def test_the_printed_ddl_creates_tables_the_ledger_uses(database: str, request, 
         assert set(sa.inspect(engine).get_table_names()) >= {
             "pagent_ledger",
             "pagent_ledger_claims",
+            "pagent_ledger_namespaces",
             "pagent_ledger_rejects",
             "pagent_ledger_runs",
         }
@@ -75,7 +80,13 @@ def test_a_postgresql_user_without_ddl_rights_syncs_with_the_printed_grants(post
         conn.exec_driver_sql(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
     statements = printed("postgresql", "--grant-to", role)
     granted = {s.split(" ON ")[1].split(" TO ")[0] for s in statements if s.startswith("GRANT SELECT")}
-    assert granted == {"pagent_ledger", "pagent_ledger_claims", "pagent_ledger_rejects", "pagent_ledger_runs"}
+    assert granted == {
+        "pagent_ledger",
+        "pagent_ledger_claims",
+        "pagent_ledger_namespaces",
+        "pagent_ledger_rejects",
+        "pagent_ledger_runs",
+    }
     execute(postgres_url, statements)
     user_url = sa.engine.make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
     engine = sa.create_engine(user_url)

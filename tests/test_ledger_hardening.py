@@ -27,7 +27,7 @@ from pagent_provider.core.ledger import CLAIMED, SENT, UNKNOWN, ClaimResult, Led
 from pagent_provider.core.ledger_dialects import DIALECTS, DUCKDB, MYSQL, POSTGRESQL, SQLITE, ledger_dialect
 from pagent_provider.core.ledger_migration import layout_1_table
 from pagent_provider.core.ledger_retry import is_transient
-from pagent_provider.core.ledger_statements import joined, key_status
+from pagent_provider.core.ledger_statements import content_digest, joined, key_status
 from pagent_provider.core.owner import ClaimOwner
 from pagent_provider.exceptions import PagentLedgerError, PagentLedgerUnavailableError
 
@@ -98,18 +98,18 @@ def entries(event_keys: Sequence[str], version: str = "v1") -> list[tuple[str, s
 
 def stored(ledger: Ledger) -> dict[str, sa.Row]:
     """Every key of the namespace as stored: its effective status, and its claim's owner and heartbeat."""
-    t, c = ledger.table, ledger.claims_table
+    t, c, n = ledger.table, ledger.claims_table, ledger.namespaces_table
     query = (
         sa.select(
             t.c.event_key,
             key_status(ledger.tables).label("status"),
-            t.c.content_hash,
+            t.c.content_digest,
             t.c.claim_id,
             c.c.owner_run,
             c.c.heartbeat_at,
         )
-        .select_from(joined(ledger.tables))
-        .where(t.c.namespace == ledger.namespace)
+        .select_from(joined(ledger.tables).join(n, n.c.namespace_id == t.c.namespace_id))
+        .where(n.c.namespace == ledger.namespace)
     )
     with ledger.engine.connect() as conn:
         return {row.event_key: row for row in conn.execute(query)}
@@ -143,8 +143,22 @@ def create_collapsing_tables(engine: sa.Engine, table_name: str = "pagent_ledger
 
 
 def insert_sent_in_current_layout(engine: sa.Engine, event_keys: Sequence[str], claim_id: int = 1) -> None:
-    """``event_keys`` sent, by one claim, written straight into the current layout's tables."""
+    """``event_keys`` sent, by one claim, written straight into the current layout's tables.
+
+    The namespace gets its id in ``pagent_ledger_namespaces`` first, unless a ledger registered it already.
+    """
     with engine.begin() as conn:
+        namespace_id = conn.exec_driver_sql(
+            "SELECT namespace_id FROM pagent_ledger_namespaces WHERE namespace = %s", (NAMESPACE,)
+        ).scalar()
+        if namespace_id is None:
+            namespace_id = conn.exec_driver_sql(
+                "SELECT COALESCE(MAX(namespace_id), 0) + 1 FROM pagent_ledger_namespaces"
+            ).scalar_one()
+            conn.exec_driver_sql(
+                "INSERT INTO pagent_ledger_namespaces (namespace_id, namespace) VALUES (%s, %s)",
+                (namespace_id, NAMESPACE),
+            )
         conn.exec_driver_sql(
             "INSERT INTO pagent_ledger_claims (claim_id, namespace, status, owner_run, claimed_at, heartbeat_at)"
             " VALUES (%s, %s, 'sent', 'r0', 0, 0)",
@@ -152,8 +166,8 @@ def insert_sent_in_current_layout(engine: sa.Engine, event_keys: Sequence[str], 
         )
         for key in event_keys:
             conn.exec_driver_sql(
-                "INSERT INTO pagent_ledger (namespace, event_key, content_hash, claim_id) VALUES (%s, %s, 'h', %s)",
-                (NAMESPACE, key, claim_id),
+                "INSERT INTO pagent_ledger (namespace_id, event_key, content_digest, claim_id) VALUES (%s, %s, %s, %s)",
+                (namespace_id, key, content_digest("h"), claim_id),
             )
 
 
@@ -195,7 +209,7 @@ def test_keys_that_differ_only_in_case_accents_spaces_or_digits_are_distinct_key
     assert again.claimed == set() and sorted(again.already_sent) == sorted(TRICKY_KEYS)
     assert again.changed_after_send == []
     for key in TRICKY_KEYS:  # each key alone finds itself, and nothing else
-        assert set(later.sent_hashes([key])) == {key}
+        assert set(later.sent_digests([key])) == {key}
         assert set(later.lookup([key])) == {key}
 
 
@@ -218,10 +232,11 @@ def test_sqlite_keys_keep_text_affinity(tmp_path):
         numeric = ["01", "1", "1.0", "1e0", " 1", "0x1", "-0"]
         assert ledger.claim(entries(numeric)).claimed == set(numeric)
         with engine.connect() as conn:
-            types = conn.exec_driver_sql(
-                "SELECT DISTINCT typeof(event_key), typeof(namespace) FROM pagent_ledger"
+            key_types = conn.exec_driver_sql("SELECT DISTINCT typeof(event_key) FROM pagent_ledger").all()
+            namespace_types = conn.exec_driver_sql(
+                "SELECT DISTINCT typeof(namespace) FROM pagent_ledger_namespaces"
             ).all()
-        assert types == [("text", "text")]
+        assert key_types == [("text",)] and namespace_types == [("text",)]
         assert sorted(stored(ledger)) == sorted(numeric)
     finally:
         engine.dispose()
@@ -237,9 +252,9 @@ def test_the_mariadb_key_columns_are_varbinary(mariadb):
         ).all()
     assert [(table, column) for table, column, _, _ in found] == [
         ("pagent_ledger", "event_key"),
-        ("pagent_ledger", "namespace"),
         ("pagent_ledger_claims", "namespace"),
         ("pagent_ledger_claims", "owner_run"),
+        ("pagent_ledger_namespaces", "namespace"),
         ("pagent_ledger_rejects", "event_key"),
     ]
     assert {collation for *_, collation in found} == {None}
@@ -269,12 +284,13 @@ def test_an_old_mariadb_table_is_refused_with_the_statements_that_fix_it(request
     assert "pagent_ledger.event_key" not in message  # moved to the current layout, in VARBINARY, before the check
     with engine.connect() as conn:
         key_types = conn.exec_driver_sql(
-            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
-            " AND TABLE_NAME = 'pagent_ledger' AND COLUMN_NAME IN ('namespace', 'event_key')"
+            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+            " AND (TABLE_NAME, COLUMN_NAME) IN"
+            " (('pagent_ledger', 'event_key'), ('pagent_ledger_namespaces', 'namespace'))"
         ).all()
-    assert {column: data_type for column, data_type in key_types} == {
-        "namespace": "varbinary",
-        "event_key": "varbinary",
+    assert {(table, column): data_type for table, column, data_type in key_types} == {
+        ("pagent_ledger_namespaces", "namespace"): "varbinary",
+        ("pagent_ledger", "event_key"): "varbinary",
     }
     assert "pagent_ledger_layout1" in sa.inspect(engine).get_table_names()
     statements = statements_in(message)

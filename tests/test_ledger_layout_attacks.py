@@ -30,11 +30,14 @@ from pagent_provider.core.client import PagentClient
 from pagent_provider.core.ledger import CLAIMED, SENT, UNKNOWN, Ledger, now_ms
 from pagent_provider.core.ledger_dialects import ledger_dialect
 from pagent_provider.core.ledger_migration import is_layout_1, layout_1_table
+from pagent_provider.core.ledger_statements import content_digest
 from pagent_provider.core.owner import ClaimOwner
 from pagent_provider.core.sync import ConversionSync, SyncOptions
 from pagent_provider.core.transform import TransformConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The digest the ledger keeps of the content hash "h" most tests claim with.
+H = content_digest("h")
 
 
 def new_ledger(engine: sa.Engine, **options: object) -> Ledger:
@@ -123,7 +126,7 @@ def test_keys_sent_by_key_keep_sent_when_the_claim_is_then_marked_unknown(engine
     expected = {**dict.fromkeys(keys[:3], SENT), **dict.fromkeys(keys[3:], UNKNOWN)}
     for reader in (owner, new_ledger(engine)):
         assert statuses(reader, keys) == expected
-        assert set(reader.sent_hashes(keys)) == set(keys[:3])
+        assert set(reader.sent_digests(keys)) == set(keys[:3])
     assert new_ledger(engine).count_by_status() == {SENT: 3, UNKNOWN: 3}
     # a whole-claim release from another object (a scan) leaves both fates alone
     new_ledger(engine).release(claim.claim_id)
@@ -193,22 +196,22 @@ def test_a_claim_sent_as_a_whole_stays_sent_whoever_marks_it_unknown_later(engin
     reader = new_ledger(engine)
     claim = reader.claim([("k", "h")])
     reader.mark_claims_sent([claim.claim_id])
-    assert reader.sent_hashes(["k"]) == {"k": "h"}  # the claim is cached as sent now
+    assert reader.sent_digests(["k"]) == {"k": H}  # the claim is cached as sent now
 
     new_ledger(engine).mark_unknown(claim.claim_id, None, "an operator learnt the answer was lost")
 
     # a claim once acknowledged as a whole stays sent, so the cache cannot disagree with the table
     assert statuses(reader, ["k"]) == {"k": SENT} == statuses(new_ledger(engine), ["k"])
-    assert reader.sent_hashes(["k"]) == {"k": "h"} == new_ledger(engine).sent_hashes(["k"])
+    assert reader.sent_digests(["k"]) == {"k": H} == new_ledger(engine).sent_digests(["k"])
 
 
 def test_the_sent_claims_cache_does_not_outlive_a_prune(engine):
     reader = new_ledger(engine)
     claim = reader.claim([("k", "h")])
     reader.mark_claims_sent([claim.claim_id])
-    assert reader.sent_hashes(["k"]) == {"k": "h"}
+    assert reader.sent_digests(["k"]) == {"k": H}
     assert new_ledger(engine).prune_sent(now_ms() + 1) == 1
-    assert reader.sent_hashes(["k"]) == {}  # gone from the ledger: the documented "pruned keys go out again"
+    assert reader.sent_digests(["k"]) == {}  # gone from the ledger: the documented "pruned keys go out again"
     again = reader.claim([("k", "h")])
     assert again.claimed == {"k"} and again.claim_id != claim.claim_id
 
@@ -219,10 +222,10 @@ def test_a_taken_over_key_is_not_reported_sent_through_its_old_claims_cache_entr
     reader.mark_sent(claim.claim_id, ["a"])
     reader.mark_unknown(claim.claim_id, ["b"], "lost")
     reader.mark_claims_sent([claim.claim_id])  # nothing else of it: b keeps its own 'unknown'
-    assert reader.sent_hashes(["a", "b"]) == {"a": "h"}
+    assert reader.sent_digests(["a", "b"]) == {"a": H}
     taken = new_ledger(engine, unknown_outcome="resend").claim([("b", "h2")])
     assert taken.unknown_taken_over == {"b"}
-    assert reader.sent_hashes(["a", "b"]) == {"a": "h"}  # b follows its new, claimed, claim
+    assert reader.sent_digests(["a", "b"]) == {"a": H}  # b follows its new, claimed, claim
 
 
 # --------------------------------------------------------------------------- prune and the claims rows
@@ -418,8 +421,8 @@ def test_a_move_killed_mid_copy_leaves_the_old_table_whole_and_is_done_again(eng
     ledger = new_ledger(engine)  # the next sync moves it again, from scratch
     assert ledger.count_by_status() == {SENT: 1_050, UNKNOWN: 50, CLAIMED: 150}
     rows = ledger.lookup([str(row["event_key"]) for row in old])
-    assert {key: (row.status, row.content_hash) for key, row in rows.items()} == {
-        str(row["event_key"]): (row["status"], row["content_hash"]) for row in old
+    assert {key: (row.status, row.content_digest) for key, row in rows.items()} == {
+        str(row["event_key"]): (row["status"], content_digest(row["content_hash"])) for row in old
     }
     with engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT COUNT(*) FROM {TABLE}_layout1")).scalar_one() == len(old)

@@ -22,6 +22,7 @@ from pagent_provider.core.client import PagentClient
 from pagent_provider.core.ledger import CLAIMED, SENT, UNKNOWN, Ledger, now_ms
 from pagent_provider.core.ledger_dialects import ledger_dialect
 from pagent_provider.core.ledger_migration import is_layout_1, layout_1_table
+from pagent_provider.core.ledger_statements import content_digest
 from pagent_provider.core.owner import ClaimOwner
 from pagent_provider.core.sync import ConversionSync, SyncOptions
 from pagent_provider.core.transform import TransformConfig
@@ -99,6 +100,15 @@ def count(engine: sa.Engine, name: str) -> int:
         return int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {name}")).scalar_one())
 
 
+def namespaces(ledger: Ledger) -> list[tuple[int, str]]:
+    """``(namespace_id, namespace)`` of every namespace registered in the ledger's namespaces table."""
+    n = ledger.namespaces_table
+    with ledger.engine.connect() as conn:
+        return [
+            tuple(row) for row in conn.execute(sa.select(n.c.namespace_id, n.c.namespace).order_by(n.c.namespace_id))
+        ]
+
+
 def test_a_first_layout_ledger_is_moved_and_sends_only_what_was_never_acknowledged(engine, pagent_emulator):
     old = make_layout_1(engine)
     ledger = Ledger(engine, namespace=NAMESPACE, owner=ClaimOwner())
@@ -107,7 +117,12 @@ def test_a_first_layout_ledger_is_moved_and_sends_only_what_was_never_acknowledg
     assert count(engine, f"{TABLE}_layout1") == len(old)  # kept, untouched, for the user to drop
     assert ledger.count_by_status() == {SENT: 1_050, UNKNOWN: 50, CLAIMED: 150}
     rows = ledger.lookup(["1", "1051", "1101", "1151"])
-    assert (rows["1"].status, rows["1"].content_hash, rows["1"].owner_host) == (SENT, f"{1:032x}", "old-host")
+    assert (rows["1"].status, rows["1"].content_digest, rows["1"].owner_host) == (
+        SENT,
+        content_digest(f"{1:032x}"),
+        "old-host",
+    )
+    assert namespaces(ledger) == [(1, NAMESPACE)]  # the first layout's one namespace, given the first id
     assert rows["1051"].status == UNKNOWN and rows["1101"].heartbeat_at == 0
     assert rows["1151"].owner_host == "live-host"
 
@@ -135,22 +150,26 @@ def test_workers_starting_together_move_the_table_once(engine):
     assert count(engine, f"{TABLE}_layout1") == len(old)
     assert count(engine, TABLE) == len(old)
     assert ledgers[0].count_by_status() == {SENT: 1_050, UNKNOWN: 50, CLAIMED: 150}
+    assert namespaces(ledgers[0]) == [(1, NAMESPACE)]  # registered once, by the move, whoever made it
     inspector = sa.inspect(engine)
     assert not inspector.has_table(f"{TABLE}_next")
 
 
 def test_a_move_that_died_before_the_swap_is_done_again(engine):
-    """What a move killed half way left (a partial copy, claim rows) is thrown away and the move starts over."""
+    """What a move killed half way left (a partial copy, claim and namespace rows) is thrown away; the move starts over."""
     old = make_layout_1(engine)
     dead = Ledger(engine, namespace=NAMESPACE, owner=ClaimOwner(), table_name=f"{TABLE}_next")
     dead.table.create(engine)  # a partial copy, as a move that died would leave it
     with engine.begin() as conn:
         conn.execute(
-            dead.table.insert(), [{"namespace": NAMESPACE, "event_key": "1", "content_hash": "x", "claim_id": 1}]
+            dead.table.insert(),
+            [{"namespace_id": 1, "event_key": "1", "content_digest": content_digest("x"), "claim_id": 1}],
         )
     ledger = Ledger(engine, namespace=NAMESPACE, owner=ClaimOwner())
     ledger.claims_table.create(engine)
+    ledger.namespaces_table.create(engine)
     with engine.begin() as conn:
+        conn.execute(ledger.namespaces_table.insert(), [{"namespace_id": 1, "namespace": "left-by-the-dead-move"}])
         conn.execute(
             ledger.claims_table.insert(),
             [
@@ -172,6 +191,8 @@ def test_a_move_that_died_before_the_swap_is_done_again(engine):
     owners = {row.owner_run for row in ledger.lookup([str(key) for key in range(1, 1_251)]).values()}
     assert "x" not in owners and len(owners) == 13  # the 13 claims of the first layout, not the dead move's row
     assert count(engine, f"{TABLE}_claims") == 13
+    assert namespaces(ledger) == [(1, NAMESPACE)]
+    assert ledger.lookup(["1"])["1"].content_digest == content_digest(f"{1:032x}")  # not the dead move's copy
 
 
 @pytest.mark.parametrize("status", [SENT])
@@ -204,6 +225,7 @@ def test_a_ledger_written_by_release_0_1_itself_is_moved_and_sends_nothing_twice
         ledger = Ledger(engine, namespace=OLD_NAMESPACE, owner=ClaimOwner())
         ledger.create_tables()
         assert ledger.count_by_status() == before
+        assert namespaces(ledger) == [(1, OLD_NAMESPACE)]
 
         with sqlite3.connect(path) as conn:  # keys 991 to 1,000: claimed by a 0.1 run that died since
             old_claimed = {

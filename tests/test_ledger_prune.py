@@ -24,6 +24,12 @@ NAMESPACE = "prune-test"
 DAY_MS = 86_400_000
 
 
+def namespace_id(conn: sa.Connection, ledger: Ledger) -> int:
+    """The id under which the ledger's namespace is registered in ``<table>_namespaces``."""
+    n = ledger.namespaces_table
+    return conn.execute(sa.select(n.c.namespace_id).where(n.c.namespace == ledger.namespace)).scalar_one()
+
+
 def backdate(ledger: Ledger, keys: list[str], days: float) -> None:
     """Move the claim and send times of ``keys`` ``days`` into the past.
 
@@ -34,7 +40,7 @@ def backdate(ledger: Ledger, keys: list[str], days: float) -> None:
     t, c = ledger.table, ledger.claims_table
     stamp = now_ms() - round(days * DAY_MS)
     with ledger.engine.begin() as conn:
-        where = (t.c.namespace == ledger.namespace, t.c.event_key.in_(keys))
+        where = (t.c.namespace_id == namespace_id(conn, ledger), t.c.event_key.in_(keys))
         claim_ids = set(conn.execute(sa.select(t.c.claim_id).where(*where)).scalars())
         assert claim_ids, "no key to backdate"
         for claim_id in claim_ids:
@@ -53,7 +59,7 @@ def statuses(ledger: Ledger) -> dict[str, str]:
     """Every key of the ledger's namespace with its effective status (its own, else its claim's)."""
     t = ledger.table
     with ledger.engine.connect() as conn:
-        rows = conn.execute(sa.select(t.c.event_key).where(t.c.namespace == ledger.namespace))
+        rows = conn.execute(sa.select(t.c.event_key).where(t.c.namespace_id == namespace_id(conn, ledger)))
         event_keys = list(rows.scalars())
     return {key: row.status for key, row in ledger.lookup(event_keys).items()}
 

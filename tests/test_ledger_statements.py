@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from test_ledger import run_together  # the tests directory is on sys.path (rootdir conftest)
 
 from pagent_provider.core.ledger import SENT, Ledger
-from pagent_provider.core.ledger_statements import ArrayStatements, LedgerStatements, SqliteStatements
+from pagent_provider.core.ledger_statements import ArrayStatements, LedgerStatements, SqliteStatements, content_digest
 from pagent_provider.core.owner import ClaimOwner
 
 # Keys that quoting, placeholders, escapes or collations could get wrong
@@ -90,11 +90,15 @@ def writes(seen: Sequence[tuple[str, bool]], verb: str, table: str | None = None
 EVENTS, CLAIMS = "pagent_ledger", "pagent_ledger_claims"
 
 
-def reference(ledger: Ledger, namespace: str | None = None) -> LedgerStatements:
-    """The SQLAlchemy Core statements on the same table: what every faster path must agree with."""
-    return LedgerStatements(
-        ledger.database, ledger.tables, namespace or ledger.namespace, ledger.owner, ledger.engine.dialect
-    )
+def reference(ledger: Ledger) -> LedgerStatements:
+    """The SQLAlchemy Core statements on the same table: what every faster path must agree with.
+
+    They find the keys by the ledger's namespace id, as its own statements do (until the ledger has
+    registered its namespace, none: the ledger gives them the id when it does).
+    """
+    statements = LedgerStatements(ledger.database, ledger.tables, ledger.namespace, ledger.owner, ledger.engine.dialect)
+    statements.namespace_id = ledger._sql.namespace_id
+    return statements
 
 
 def windows(keys: Sequence[str], size: int = 400, batch: int = 100) -> Iterator[list[list[tuple[str, str]]]]:
@@ -112,7 +116,7 @@ def test_each_database_gets_its_statements():
 
 
 def test_the_fast_statements_answer_as_the_core_ones(engine):
-    """Claims, marks, sent hashes and lookups of 1,234 keys (awkward ones among them) agree row for row."""
+    """Claims, marks, sent digests and lookups of 1,234 keys (awkward ones among them) agree row for row."""
     keys = AWKWARD_KEYS + [f"order-{i}" for i in range(1_234 - len(AWKWARD_KEYS))]
     fast = make_ledger(engine, namespace="fast")
     core = make_ledger(engine, namespace="core")
@@ -129,16 +133,17 @@ def test_the_fast_statements_answer_as_the_core_ones(engine):
     with engine.connect() as conn:
         for ledger in (fast, core):
             for statements in (ledger._sql, reference(ledger)):
-                hashes = dict(statements.sent_hashes(conn, asked))
+                digests = dict(statements.sent_digests(conn, asked))
                 rows = {row[0]: row for row in statements.lookup(conn, asked)}
                 assert set(rows) == set(keys)
-                assert hashes == {key: row[2] for key, row in rows.items() if row[1] == SENT}
+                assert digests == {key: row[2] for key, row in rows.items() if row[1] == SENT}
+                assert digests == {key: content_digest(digest(key)) for key in digests}
         fast_rows = {row[0]: row[1:3] for row in fast._sql.lookup(conn, keys)}
         core_rows = {row[0]: row[1:3] for row in core._sql.lookup(conn, keys)}
     assert fast_rows == core_rows
     assert fast.count_by_status() == core.count_by_status() == {"sent": 634, "claimed": 600}
     for key in ("O'Brien", "%s", "?1", "x ", "日本"):
-        assert set(fast.sent_hashes([key])) <= {key} and set(fast.lookup([key])) == {key}
+        assert set(fast.sent_digests([key])) <= {key} and set(fast.lookup([key])) == {key}
 
 
 def test_a_second_claim_of_the_same_keys_inserts_nothing_and_reports_them(engine):
@@ -199,12 +204,12 @@ def test_on_postgresql_a_window_is_one_insert_and_its_marks_one_update(postgres)
 
     every = [f"order-{i}" for i in range(2_037)] + [f"new-{i}" for i in range(10_000)]
     with statements_run(postgres) as seen:
-        assert len(ledger.sent_hashes(every)) == 2_037
+        assert len(ledger.sent_digests(every)) == 2_037
         assert len(ledger.lookup(every)) == 2_037
     # the keys' rows, their claims' statuses (each claim asked once), the lookup
     assert len(seen) == 3
     with statements_run(postgres) as seen:
-        assert len(ledger.sent_hashes(every)) == 2_037
+        assert len(ledger.sent_digests(every)) == 2_037
     assert len(seen) == 1  # a claim once sent stays sent: not asked again
 
 
@@ -223,7 +228,7 @@ def test_psycopg_gets_its_arrays_in_binary_and_other_drivers_through_sqlalchemy_
             claims = ledger.claim_batches([entries(AWKWARD_KEYS[:10]), entries(AWKWARD_KEYS[10:])])
             ledger.mark_claims_sent([claims[0].claim_id])
         assert [claim.claimed for claim in claims] == [set(AWKWARD_KEYS[:10]), set(AWKWARD_KEYS[10:])]
-        assert set(ledger.sent_hashes(AWKWARD_KEYS)) == set(AWKWARD_KEYS[:10])
+        assert set(ledger.sent_digests(AWKWARD_KEYS)) == set(AWKWARD_KEYS[:10])
         assert set(ledger.lookup(AWKWARD_KEYS)) == set(AWKWARD_KEYS)
         assert len(writes(seen, "INSERT", EVENTS)) == 1 and "%(keys)b" not in writes(seen, "INSERT", EVENTS)[0][0]
         assert len(writes(seen, "INSERT", CLAIMS)) == 1 and len(writes(seen, "UPDATE", CLAIMS)) == 1
@@ -278,7 +283,7 @@ def test_on_sqlite_the_statements_are_built_once_and_run_without_executemany(sql
             claims = ledger.claim_batches(window, mark_sent=sent)
             sent = [claim.claim_id for claim in claims]
         ledger.mark_claims_sent(sent)
-        assert len(ledger.sent_hashes(keys + ["x"] * 7_000)) == 3_333
+        assert len(ledger.sent_digests(keys + ["x"] * 7_000)) == 3_333
     inserts, updates = writes(seen, "INSERT", EVENTS), writes(seen, "UPDATE", CLAIMS)
     assert len(inserts) == 9  # one per window of 400 rows
     assert len(updates) == 9  # one per window after the first, and the last
@@ -309,7 +314,7 @@ def test_on_sqlite_a_library_allowing_999_parameters_gets_smaller_statements(tmp
         with statements_run(engine) as seen:
             claims = ledger.claim_batches([entries(keys[i : i + 100]) for i in range(0, 1_000, 100)])
             ledger.mark_claims_sent([claim.claim_id for claim in claims])
-            assert len(ledger.sent_hashes(keys)) == 1_000
+            assert len(ledger.sent_digests(keys)) == 1_000
         assert [claim.claimed for claim in claims] == [set(keys[i : i + 100]) for i in range(0, 1_000, 100)]
         rows = [sql.count("(?1,") for sql, _ in writes(seen, "INSERT", EVENTS)]
         assert rows == [332, 332, 332, 4]  # (999 - 1) // 3 rows each: the namespace once, 3 per key
@@ -338,7 +343,7 @@ def test_the_statements_quote_a_schema_qualified_table(postgres):
     ledger.create_tables()
     claim = ledger.claim(entries(["a", "b"]))
     ledger.mark_claims_sent([claim.claim_id])
-    assert ledger.sent_hashes(["a", "b", "c"]) == {"a": digest("a"), "b": digest("b")}
+    assert ledger.sent_digests(["a", "b", "c"]) == {"a": content_digest(digest("a")), "b": content_digest(digest("b"))}
 
 
 def test_a_ledger_written_by_the_core_statements_still_stops_every_resend(engine, pagent_emulator):

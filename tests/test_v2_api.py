@@ -64,10 +64,10 @@ def sync(
         return engine_sync.run(chunks).as_dict()
 
 
-def stored_hashes(engine: sa.Engine) -> dict[str, str]:
+def stored_digests(engine: sa.Engine) -> dict[str, int]:
     ledger = Ledger(engine, namespace="shop")
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(ledger.table.c.event_key, ledger.table.c.content_hash)).all()
+        rows = conn.execute(sa.select(ledger.table.c.event_key, ledger.table.c.content_digest)).all()
     return dict(rows)
 
 
@@ -90,9 +90,9 @@ def test_a_v2_run_posts_session_data_to_the_bulk_endpoint_and_stores_the_same_ev
         # the same conversions, field for field, whichever endpoint carried them
         key = lambda event: event["properties"]["order_id"]  # noqa: E731
         assert sorted(pagent_emulator.events(), key=key) == sorted(as_v1, key=key)
-        # and the same ledger: keys and content hashes of the v1 event
-        assert stored_hashes(v2_engine) == stored_hashes(v1_engine)
-        assert len(stored_hashes(v2_engine)) == ROWS
+        # and the same ledger: keys and content digests of the v1 event
+        assert stored_digests(v2_engine) == stored_digests(v1_engine)
+        assert len(stored_digests(v2_engine)) == ROWS
     finally:
         v1_engine.dispose()
         v2_engine.dispose()

@@ -4,7 +4,8 @@ pagent has no idempotency key, so whatever is sent twice is counted twice. The
 ledger is a table, kept in PostgreSQL, MySQL/MariaDB or SQLite (what each of
 them offers, and why others are refused, is in
 :mod:`pagent_provider.core.ledger_dialects`), with one row per
-``(namespace, event_key)``, keys compared byte for byte, beside a row per
+``(namespace, event_key)`` (the namespace by its id in ``<table>_namespaces``,
+see :mod:`pagent_provider.core.ledger_namespaces`), keys compared byte for byte, beside a row per
 claim (a batch) in ``<table>_claims`` that holds what its keys share: the
 owner, the heartbeat and the status (a key whose fate differs from its
 batch's carries its own). A key's status is one of:
@@ -44,14 +45,17 @@ import sqlalchemy as sa
 from pagent_provider.core import defaults
 from pagent_provider.core.ledger_dialects import LedgerDialect, ledger_dialect
 from pagent_provider.core.ledger_migration import is_layout_1, migrate_layout_1
+from pagent_provider.core.ledger_namespaces import find_namespace_id, register_namespace
 from pagent_provider.core.ledger_retry import LedgerRetry
 from pagent_provider.core.ledger_statements import (
     CLAIMED,
     SENT,
     UNKNOWN,
+    UNREGISTERED,
     ClaimRow,
     LedgerStatements,
     LedgerTables,
+    content_digest,
     joined,
     key_status,
     slices,
@@ -103,7 +107,7 @@ class LedgerRow:
 
     event_key: str
     status: str
-    content_hash: str
+    content_digest: int
     claim_id: int
     owner_run: str | None
     owner_host: str | None
@@ -212,15 +216,17 @@ def build_tables(
     events = sa.Table(
         name,
         metadata,
-        sa.Column("namespace", key(128), nullable=False),
-        sa.Column("event_key", key(MAX_KEY_LENGTH), nullable=False),
-        sa.Column("content_hash", sa.String(64), nullable=False),
+        # widest first: PostgreSQL pads each column to its alignment (content_digest: see its function)
         sa.Column("claim_id", sa.BigInteger, nullable=False),
+        sa.Column("content_digest", sa.Integer, nullable=False),
+        # the namespace's id in <table>_namespaces: two bytes a key and its index entry, not its text
+        sa.Column("namespace_id", sa.SmallInteger, nullable=False),
+        sa.Column("event_key", key(MAX_KEY_LENGTH), nullable=False),
         # NULL: the status of its claim; set only where the key's fate differs from its batch's
         sa.Column("status", sa.String(16)),
         sa.Column("detail", sa.String(1000)),
         # named: a table renamed by the migration keeps its own primary key's name
-        sa.PrimaryKeyConstraint("namespace", "event_key", name=f"pk_{name}"),
+        sa.PrimaryKeyConstraint("namespace_id", "event_key", name=f"pk_{name}"),
         # the rows are the primary key's b-tree, not a second copy beside it
         sqlite_with_rowid=False,
         **_TEXT_TABLE_OPTIONS,
@@ -259,7 +265,15 @@ def build_tables(
         sa.Index(f"ix_{name}_rejects_ns", "namespace", "recorded_at"),
         **_TEXT_TABLE_OPTIONS,
     )
-    return LedgerTables(metadata, events, claims, rejects)
+    namespaces = sa.Table(
+        f"{name}_namespaces",
+        metadata,
+        sa.Column("namespace_id", sa.SmallInteger, primary_key=True, autoincrement=False),
+        sa.Column("namespace", key(128), nullable=False),
+        sa.UniqueConstraint("namespace", name=f"uq_{name}_namespaces"),
+        **_TEXT_TABLE_OPTIONS,
+    )
+    return LedgerTables(metadata, events, claims, rejects, namespaces)
 
 
 class Ledger:
@@ -314,7 +328,7 @@ class Ledger:
         self.tables = build_tables(
             table_name, self.database.key_type, ids_from_sequence=self.database.ids_from_sequence
         )
-        self.metadata, self.table, self.claims_table, self.rejects_table = self.tables
+        self.metadata, self.table, self.claims_table, self.rejects_table, self.namespaces_table = self.tables
         self._retry = LedgerRetry(budget_s=write_retry_s, permanent=self.database.permanent, table=table_name)
         # Claims, marks and lookups: one statement per window or chunk, built once.
         self._sql: LedgerStatements = self.database.statements(
@@ -322,6 +336,7 @@ class Ledger:
         )
         # the keys of this object's claims still in flight: whole-claim releases delete by key
         self._claim_keys: dict[int, set[str]] = {}
+        self._namespace_id: int | None = None
         if self.database.prepare_engine is not None:
             self.database.prepare_engine(engine)
 
@@ -365,6 +380,39 @@ class Ledger:
         if self.database.check_key_columns is not None:
             with self.engine.connect() as conn:
                 self.database.check_key_columns(conn, self._key_columns())
+        self.register_namespace()
+
+    def register_namespace(self) -> int:
+        """The id of this namespace in the events table, given to it first if no run has written to it.
+
+        :meth:`create_tables` and the first claim do this; it is public for
+        tools that write the tables themselves (the benchmark's prefill).
+        """
+        return self._ns(register=True)
+
+    def _ns(self, *, register: bool = False) -> int:
+        """This namespace's id in the events table; registered first when ``register`` (a write is coming).
+
+        Unregistered and not ``register``: :data:`UNREGISTERED`, which no key
+        has (a read finds nothing), not kept, so a later call looks again.
+        """
+        if self._namespace_id is None:
+            namespaces = self.namespaces_table
+            found = self._read("namespace", lambda conn: find_namespace_id(conn, namespaces, self.namespace))
+            if found is None and register:
+                found = register_namespace(
+                    lambda work: self._write("namespace", lambda: "nothing was claimed", work),
+                    namespaces,
+                    self.namespace,
+                )
+            if found is None:
+                return UNREGISTERED
+            self._namespace_id = self._sql.namespace_id = found
+        return self._namespace_id
+
+    def _in_namespace(self, *, register: bool = False) -> sa.ColumnElement[bool]:
+        """The events table's rows of this namespace."""
+        return self.table.c.namespace_id == self._ns(register=register)
 
     def _create_missing_tables(self) -> None:
         attempts = 3
@@ -386,7 +434,13 @@ class Ledger:
     def _key_columns(self) -> list[sa.Column[str]]:
         """The columns that must compare byte-exactly, grouped by table."""
         t, c = self.table, self.claims_table
-        return [t.c.namespace, t.c.event_key, c.c.namespace, c.c.owner_run, self.rejects_table.c.event_key]
+        return [
+            self.namespaces_table.c.namespace,
+            t.c.event_key,
+            c.c.namespace,
+            c.c.owner_run,
+            self.rejects_table.c.event_key,
+        ]
 
     def tables_exist(self) -> bool:
         """True when the ledger table is there."""
@@ -396,20 +450,18 @@ class Ledger:
 
     def lookup(self, keys: Sequence[str]) -> dict[str, LedgerRow]:
         """The ledger rows for ``keys`` (missing keys are absent from the result)."""
-        return self._read("lookup", lambda conn: self._lookup(conn, keys))
+        self._ns()
+        return self._read("lookup", lambda conn: {row[0]: LedgerRow(*row) for row in self._sql.lookup(conn, keys)})
 
-    def _lookup(self, conn: sa.Connection, keys: Sequence[str]) -> dict[str, LedgerRow]:
-        return {row[0]: LedgerRow(*row) for row in self._sql.lookup(conn, keys)}
+    def sent_digests(self, keys: Sequence[str]) -> dict[str, int]:
+        """The content digest of every key in ``keys`` that pagent acknowledged (others are absent).
 
-    def sent_hashes(self, keys: Sequence[str]) -> dict[str, str]:
-        """The content hash of every key in ``keys`` that pagent acknowledged (others are absent).
-
-        The cheap question a run asks of every chunk, so it reads two columns only.
+        The cheap question a run asks of every chunk, so it reads few columns.
+        Compare a row's :func:`~pagent_provider.core.ledger_statements.content_digest`
+        with it to tell whether the row changed since it was sent.
         """
-        return self._read("lookup of sent keys", lambda conn: self._sent_hashes(conn, keys))
-
-    def _sent_hashes(self, conn: sa.Connection, keys: Sequence[str]) -> dict[str, str]:
-        return dict(self._sql.sent_hashes(conn, keys))
+        self._ns()
+        return self._read("lookup of sent keys", lambda conn: dict(self._sql.sent_digests(conn, keys)))
 
     def count_by_status(self) -> dict[str, int]:
         """How many keys of this namespace are in each status."""
@@ -417,7 +469,7 @@ class Ledger:
         query = (
             sa.select(status, sa.func.count())
             .select_from(joined(self.tables))
-            .where(self.table.c.namespace == self.namespace)
+            .where(self._in_namespace())
             .group_by(status)
         )
         return self._read("count", lambda conn: {status: count for status, count in conn.execute(query)})
@@ -427,7 +479,7 @@ class Ledger:
         query = (
             sa.select(self.table.c.event_key)
             .select_from(joined(self.tables))
-            .where(self.table.c.namespace == self.namespace, key_status(self.tables) == status)
+            .where(self._in_namespace(), key_status(self.tables) == status)
         )
         return self._read("keys by status", lambda conn: set(conn.execute(query).scalars()))
 
@@ -454,6 +506,7 @@ class Ledger:
         """
         # Claim ids are fixed before the first attempt: when a commit went through but
         # its answer was lost, the retry finds the rows carrying our claim id, ours.
+        self._ns(register=True)
         results = [ClaimResult(claim_id=self._new_claim_id()) for _ in batches]
         stamp = now_ms()
         rows = [
@@ -526,7 +579,7 @@ class Ledger:
                 result.duplicate_keys.append(key)
             elif row.status == SENT:
                 result.already_sent.append(key)
-                if row.content_hash != hashes[key]:
+                if row.content_digest != content_digest(hashes[key]):
                     result.changed_after_send.append(key)
             elif row.status == UNKNOWN or self._is_abandoned(row, stamp):
                 if self.unknown_outcome == "resend":
@@ -619,7 +672,7 @@ class Ledger:
         return sa.func.coalesce(e.c.status, claim_status, UNKNOWN)
 
     def _swap_claims(
-        self, rows: Sequence[LedgerRow], extra_params: dict[str, dict[str, str]], **values: object
+        self, rows: Sequence[LedgerRow], extra_params: dict[str, dict[str, int]], **values: object
     ) -> None:
         """Update ``rows`` only where their claim is still the one we read (compare-and-swap).
 
@@ -633,7 +686,7 @@ class Ledger:
         statement = (
             t.update()
             .where(
-                t.c.namespace == self.namespace,
+                self._in_namespace(),
                 t.c.event_key == sa.bindparam("b_key"),
                 t.c.claim_id == sa.bindparam("b_old_claim"),
                 # not status.in_(...): an expanding IN cannot be used with executemany
@@ -674,7 +727,7 @@ class Ledger:
                     .values(status=UNKNOWN, detail=detail)
                 )
             own = e.update().where(
-                e.c.namespace == self.namespace,
+                self._in_namespace(),
                 e.c.event_key == sa.bindparam("b_key"),
                 e.c.claim_id == sa.bindparam("b_old_claim"),
                 e.c.status == CLAIMED,
@@ -688,10 +741,10 @@ class Ledger:
         # follow its status again.
         self._swap_claims(
             rows,
-            {row.event_key: {"b_hash": hashes[row.event_key]} for row in rows},
+            {row.event_key: {"b_digest": content_digest(hashes[row.event_key])} for row in rows},
             status=None,
             claim_id=claim_id,
-            content_hash=sa.bindparam("b_hash"),
+            content_digest=sa.bindparam("b_digest"),
             detail="taken over: earlier outcome unknown",
         )
         self.heartbeat([claim_id])  # not the claim's start: its transactions may have been retried for a while
@@ -705,7 +758,7 @@ class Ledger:
     ) -> None:
         """Run ``statement`` on the events table, on the given ``keys`` of one claim."""
         t = self.table
-        statement = statement.where(t.c.namespace == self.namespace, t.c.claim_id == claim_id)
+        statement = statement.where(self._in_namespace(), t.c.claim_id == claim_id)
         for restricted in self._sql.on_keys(statement, list(keys)):
             conn.execute(restricted)
 
@@ -733,6 +786,7 @@ class Ledger:
         Raises:
             PagentLedgerUnavailableError: the database kept failing.
         """
+        self._ns()  # before the transaction: the keys are found by their namespace id
         key_list = None if keys is None else list(keys)
         stamp = now_ms()
 
@@ -783,6 +837,7 @@ class Ledger:
         Raises:
             PagentLedgerUnavailableError: the database kept failing.
         """
+        self._ns()  # before the transaction: the keys are found by their namespace id
         key_list = None if keys is None else list(keys)
         values = {"status": UNKNOWN, "detail": storable(detail, 1000)}
 
@@ -809,6 +864,7 @@ class Ledger:
         Raises:
             PagentLedgerUnavailableError: the database kept failing.
         """
+        self._ns()  # before the transaction: the keys are found by their namespace id
         key_list = None if keys is None else list(keys)
         self._write(
             "release",
@@ -827,7 +883,7 @@ class Ledger:
         if keys is None and claim_id in self._claim_keys:
             keys = sorted(self._claim_keys[claim_id])  # by primary key: no scan for the claim's keys
         if keys is None:  # another object's claim: the table has no index on claim ids, so this scans
-            conn.execute(delete.where(t.c.namespace == self.namespace, t.c.claim_id == claim_id))
+            conn.execute(delete.where(self._in_namespace(), t.c.claim_id == claim_id))
         else:
             self._on_keys(conn, claim_id, keys, delete)
 
@@ -902,7 +958,7 @@ class Ledger:
         query = (
             sa.select(sa.func.count())
             .select_from(joined(self.tables))
-            .where(self.table.c.namespace == self.namespace, self._prunable(before_ms))
+            .where(self._in_namespace(), self._prunable(before_ms))
         )
         return int(self._read("count of prunable keys", lambda conn: conn.execute(query).scalar_one()))
 
@@ -940,7 +996,7 @@ class Ledger:
             page = (
                 sa.select(t.c.event_key, t.c.claim_id, self._prunable(before_ms))
                 .select_from(joined(self.tables))
-                .where(t.c.namespace == self.namespace, *after)
+                .where(self._in_namespace(), *after)
                 .order_by(t.c.event_key)
                 .limit(batch)
             )
@@ -957,7 +1013,7 @@ class Ledger:
                 status = self._settled_status()
                 c = self.claims_table
                 sent_at = sa.select(c.c.sent_at).where(c.c.claim_id == t.c.claim_id).scalar_subquery()
-                old_sent = (t.c.namespace == self.namespace, status == SENT, sent_at < before_ms)
+                old_sent = (self._in_namespace(), status == SENT, sent_at < before_ms)
                 return sum(
                     conn.execute(t.delete().where(*old_sent, t.c.event_key.in_(keys_slice))).rowcount
                     for keys_slice in slices(keys)

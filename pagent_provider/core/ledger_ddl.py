@@ -3,7 +3,7 @@
 A sync creates its tables on first use (``CREATE TABLE`` if missing). Where
 the ledger's database user may not create tables, a DBA runs these statements
 once; the user then needs ``SELECT``, ``INSERT``, ``UPDATE`` and ``DELETE`` on
-the four tables, nothing else.
+the five tables, nothing else.
 """
 
 from __future__ import annotations
@@ -38,19 +38,25 @@ def ledger_ddl(dialect_name: str, table_name: str = defaults.LEDGER_TABLE) -> li
     """
     capabilities = ledger_dialect(dialect_name)
     dialect = DDL_DIALECTS[dialect_name]()
-    _, ledger, claims, rejects = build_tables(table_name, capabilities.key_type)
+    tables = build_tables(table_name, capabilities.key_type)
     runs = build_runs_table(runs_table_name(table_name), capabilities.key_type)
     statements = []
-    for table in (ledger, claims, rejects, runs):
+    for table in (tables.events, tables.claims, tables.namespaces, tables.rejects, runs):
         statements.append(str(sa.schema.CreateTable(table).compile(dialect=dialect)).strip())
         statements += [str(sa.schema.CreateIndex(index).compile(dialect=dialect)) for index in table.indexes]
     return [f"{statement};" for statement in statements]
 
 
 def grants(dialect_name: str, table_name: str, user: str) -> list[str]:
-    """The ``GRANT`` statements the ledger's user needs on the four tables (PostgreSQL and MySQL)."""
+    """The ``GRANT`` statements the ledger's user needs on the five tables (PostgreSQL and MySQL)."""
     rights = ", ".join(PRIVILEGES)
-    tables = (table_name, f"{table_name}_claims", f"{table_name}_rejects", runs_table_name(table_name))
+    tables = (
+        table_name,
+        f"{table_name}_claims",
+        f"{table_name}_namespaces",
+        f"{table_name}_rejects",
+        runs_table_name(table_name),
+    )
     statements = [f"GRANT {rights} ON {table} TO {user};" for table in tables]
     if dialect_name == "postgresql":
         # the rejects table's id is a BIGSERIAL: inserting draws from its sequence

@@ -9,7 +9,9 @@ together move it once and neither claims anything meanwhile:
 
 1. the claims are read in one grouped query; a claim whose keys all share
    one status and detail carries them, otherwise each key keeps its own;
-2. the keys are copied, in primary-key pages, into ``<table>_next``;
+   each namespace gets its id in ``<table>_namespaces``;
+2. the keys are copied, in primary-key pages, into ``<table>_next``, each
+   with its namespace's id and its content hash's 32-bit digest;
 3. the copy is counted against the table, and only then the tables are
    swapped: ``<table>`` becomes ``<table>_layout1`` (kept for the user to drop)
    and ``<table>_next`` becomes ``<table>``.
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from pagent_provider.core.ledger_statements import slices
+from pagent_provider.core.ledger_statements import content_digest, slices
 from pagent_provider.exceptions import PagentLedgerError
 
 if TYPE_CHECKING:
@@ -122,12 +124,20 @@ def _move(conn: sa.Connection, ledger: Ledger) -> int:
     old = layout_1_table(ledger.table, database.key_type)
     schema = f"{ledger.table.schema}." if ledger.table.schema else ""
     staging = build_tables(f"{schema}{ledger.table.name}_next", database.key_type).events
-    for table in (staging, ledger.claims_table):  # what a move that died left behind
+    created = (staging, ledger.claims_table, ledger.namespaces_table)
+    for table in created:  # what a move that died left behind
         table.drop(conn, checkfirst=True)
-    staging.create(conn)
-    ledger.claims_table.create(conn)
+    for table in created:
+        table.create(conn)
     claims, uniform = _copy_claims(conn, old, ledger.claims_table)
-    copied = _copy_keys(conn, old, staging, claims, uniform)
+    namespaces = conn.execute(sa.select(old.c.namespace).distinct().order_by(old.c.namespace)).scalars()
+    namespace_ids = {namespace: number for number, namespace in enumerate(namespaces, start=1)}
+    if namespace_ids:
+        conn.execute(
+            ledger.namespaces_table.insert(),
+            [{"namespace_id": number, "namespace": namespace} for namespace, number in namespace_ids.items()],
+        )
+    copied = _copy_keys(conn, old, staging, claims, uniform, namespace_ids)
     total = conn.execute(sa.select(sa.func.count()).select_from(old)).scalar_one()
     if copied != total:
         raise PagentLedgerError(
@@ -187,7 +197,14 @@ def _copy_claims(conn: sa.Connection, old: sa.Table, claims: sa.Table) -> tuple[
     return ids, uniform
 
 
-def _copy_keys(conn: sa.Connection, old: sa.Table, staging: sa.Table, claims: dict[str, int], uniform: set[str]) -> int:
+def _copy_keys(
+    conn: sa.Connection,
+    old: sa.Table,
+    staging: sa.Table,
+    claims: dict[str, int],
+    uniform: set[str],
+    namespace_ids: dict[str, int],
+) -> int:
     """Copy every key of ``old`` into ``staging`` in primary-key pages; how many were copied."""
     o = old.c
     copied, last = 0, None
@@ -206,15 +223,15 @@ def _copy_keys(conn: sa.Connection, old: sa.Table, staging: sa.Table, claims: di
             staging.insert(),
             [
                 {
-                    "namespace": namespace,
+                    "namespace_id": namespace_ids[namespace],
                     "event_key": key,
-                    "content_hash": digest,
+                    "content_digest": content_digest(content_hash),
                     "claim_id": claims[claim_id],
                     # a claim whose keys share one fate carries it; otherwise each key keeps its own
                     "status": None if claim_id in uniform else status,
                     "detail": None if claim_id in uniform else detail,
                 }
-                for namespace, key, digest, claim_id, status, detail in rows
+                for namespace, key, content_hash, claim_id, status, detail in rows
             ],
         )
         copied += len(rows)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import re
 import sqlite3
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -41,12 +42,14 @@ CLAIMED, SENT, UNKNOWN = "claimed", "sent", "unknown"
 SQLALCHEMY_2 = int(sa.__version__.split(".")[0]) >= 2
 #: One row to claim: ``(event_key, content_hash, claim_id)``.
 ClaimRow = tuple[str, str, int]
+#: The namespace id of a namespace not registered yet: no key has it (ids start at 1).
+UNREGISTERED = 0
 #: What a lookup returns per key, in this order (the fields of ``LedgerRow``):
 #: ``(table, column)``, ``status`` being the key's own or else its claim's.
 LOOKUP_COLUMNS = (
     ("e", "event_key"),
     ("", "status"),
-    ("e", "content_hash"),
+    ("e", "content_digest"),
     ("e", "claim_id"),
     ("c", "owner_run"),
     ("c", "owner_host"),
@@ -77,12 +80,25 @@ _VALUES_SLICE = 1000
 
 
 class LedgerTables(NamedTuple):
-    """The ledger's tables: keys, their claims, and the rows that will not be delivered."""
+    """The ledger's tables: keys, their claims, the rows that will not be delivered, and the namespaces' ids."""
 
     metadata: sa.MetaData
     events: sa.Table
     claims: sa.Table
     rejects: sa.Table
+    namespaces: sa.Table
+
+
+def content_digest(content_hash: str) -> int:
+    """The 32 bits of an event's content hash that its key's row keeps (a signed 4-byte integer).
+
+    The digest only tells whether a sent key's row has changed since
+    (``changed_after_send``, reported, never resent); the key alone decides
+    what is sent. A changed row passes unnoticed once in 2**32, and the
+    ledger saves 28 bytes a key (its text hash took 33). Any string has one,
+    so hashes of every release and of every test compare the same way.
+    """
+    return zlib.crc32(content_hash.encode()) - 0x8000_0000
 
 
 def slices(items: Sequence[T], size: int = LOOKUP_SLICE) -> Iterator[Sequence[T]]:
@@ -112,8 +128,9 @@ def joined(tables: LedgerTables) -> sa.Join:
 class LedgerStatements:
     """The statements a sync runs for every window and chunk, on SQLAlchemy Core (MySQL/MariaDB, DuckDB).
 
-    One object per ledger: it knows the tables, the namespace and the owner
-    written on claims. The subclasses run the same statements in fewer, cached
+    One object per ledger: it knows the tables, the namespace (by its name in
+    the claims table, by its id, :attr:`namespace_id`, in the events table)
+    and the owner written on claims. The subclasses run the same statements in fewer, cached
     round trips on PostgreSQL (:class:`ArrayStatements`) and SQLite
     (:class:`SqliteStatements`); every one of them keeps this class's
     semantics, which the tests hold them to.
@@ -137,6 +154,8 @@ class LedgerStatements:
         self.tables = tables
         self.table = tables.events
         self.namespace = namespace
+        #: set by the ledger once the namespace is registered; until then no key matches
+        self.namespace_id = UNREGISTERED
         self.owner = owner
         self.returns_rows = capabilities.insert_returns_rows
         # One statement, compiled once and run with a list of rows (executemany):
@@ -183,9 +202,15 @@ class LedgerStatements:
         ``None``: the database gives a count only, and not every row was
         inserted; the caller looks the keys up.
         """
+        namespace_id = self.namespace_id
         params = [
-            {"namespace": self.namespace, "event_key": key, "content_hash": digest, "claim_id": claim}
-            for key, digest, claim in rows
+            {
+                "namespace_id": namespace_id,
+                "event_key": key,
+                "content_digest": content_digest(content_hash),
+                "claim_id": claim,
+            }
+            for key, content_hash, claim in rows
         ]
         if self.returns_rows and not SQLALCHEMY_2:
             # SQLAlchemy 1.4: the same insert-if-absent as one multi-row VALUES per slice,
@@ -209,8 +234,8 @@ class LedgerStatements:
 
     # --- reads
 
-    def sent_hashes(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, str]]:
-        """``(key, content hash)`` of the keys among ``keys`` that are sent.
+    def sent_digests(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, int]]:
+        """``(key, content digest)`` of the keys among ``keys`` that are sent.
 
         The question every chunk asks: the keys' rows, then the status of
         their claims not yet known to be sent (a hundred keys share one), not
@@ -224,13 +249,13 @@ class LedgerStatements:
             if own == SENT or (own is None and claim in self._sent_claims):
                 yield key, digest
 
-    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, str, int, str | None]]:
-        """``(key, content hash, claim id, the key's own status)`` of the keys among ``keys`` that have a row."""
+    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, int, int, str | None]]:
+        """``(key, content digest, claim id, the key's own status)`` of the keys among ``keys`` that have a row."""
         e = self.table
-        columns = (e.c.event_key, e.c.content_hash, e.c.claim_id, e.c.status)
+        columns = (e.c.event_key, e.c.content_digest, e.c.claim_id, e.c.status)
         for keys_slice in slices(keys):
             yield from conn.execute(
-                sa.select(*columns).where(e.c.namespace == self.namespace, e.c.event_key.in_(keys_slice))
+                sa.select(*columns).where(e.c.namespace_id == self.namespace_id, e.c.event_key.in_(keys_slice))
             )
 
     def claim_statuses(self, conn: sa.Connection, claim_ids: Sequence[int]) -> Iterator[tuple[int, str]]:
@@ -252,7 +277,7 @@ class LedgerStatements:
             yield from conn.execute(
                 sa.select(*columns)
                 .select_from(joined(self.tables))
-                .where(e.c.namespace == self.namespace, e.c.event_key.in_(keys_slice))
+                .where(e.c.namespace_id == self.namespace_id, e.c.event_key.in_(keys_slice))
             )
 
     def on_keys(self, statement: sa.Update | sa.Delete, keys: Sequence[str]) -> Iterator[sa.Update | sa.Delete]:
@@ -279,7 +304,7 @@ class ArrayStatements(LedgerStatements):
     array too.
     """
 
-    _ARRAYS = frozenset({"keys", "hashes", "claims"})
+    _ARRAYS = frozenset({"keys", "digests", "claims"})
 
     def __init__(
         self,
@@ -292,10 +317,10 @@ class ArrayStatements(LedgerStatements):
         super().__init__(capabilities, tables, namespace, owner, sql_dialect)
         self._driver_sql = sql_dialect.driver == "psycopg"
         self._insert_sql = self._statement(
-            f"INSERT INTO {self._quoted} (namespace, event_key, content_hash, claim_id)"
-            " SELECT CAST(:namespace AS VARCHAR), k.event_key, k.content_hash, k.claim_id"
-            " FROM unnest(CAST(:keys AS TEXT[]), CAST(:hashes AS TEXT[]), CAST(:claims AS BIGINT[]))"
-            " WITH ORDINALITY AS k(event_key, content_hash, claim_id, n)"
+            f"INSERT INTO {self._quoted} (namespace_id, event_key, content_digest, claim_id)"
+            " SELECT CAST(:namespace_id AS SMALLINT), k.event_key, k.content_digest, k.claim_id"
+            " FROM unnest(CAST(:keys AS TEXT[]), CAST(:digests AS INTEGER[]), CAST(:claims AS BIGINT[]))"
+            " WITH ORDINALITY AS k(event_key, content_digest, claim_id, n)"
             " ORDER BY k.n"
             " ON CONFLICT DO NOTHING"
             " RETURNING event_key, claim_id"
@@ -313,8 +338,8 @@ class ArrayStatements(LedgerStatements):
             " WHERE namespace = CAST(:namespace AS VARCHAR) AND claim_id = ANY(CAST(:claims AS BIGINT[]))"
         )
         self._keys_sql = self._statement(
-            f"SELECT event_key, content_hash, claim_id, status FROM {self._quoted}"
-            " WHERE namespace = CAST(:namespace AS VARCHAR) AND event_key = ANY(CAST(:keys AS TEXT[]))"
+            f"SELECT event_key, content_digest, claim_id, status FROM {self._quoted}"
+            " WHERE namespace_id = CAST(:namespace_id AS SMALLINT) AND event_key = ANY(CAST(:keys AS TEXT[]))"
         )
         self._claim_status_sql = self._statement(
             f"SELECT claim_id, status FROM {self._quoted_claims}"
@@ -322,7 +347,7 @@ class ArrayStatements(LedgerStatements):
         )
         self._lookup_sql = self._statement(
             f"SELECT {self._lookup_columns} FROM {self._from}"
-            " WHERE e.namespace = CAST(:namespace AS VARCHAR) AND e.event_key = ANY(CAST(:keys AS TEXT[]))"
+            " WHERE e.namespace_id = CAST(:namespace_id AS SMALLINT) AND e.event_key = ANY(CAST(:keys AS TEXT[]))"
         )
 
     def _statement(self, sql: str) -> str | sa.TextClause:
@@ -342,7 +367,8 @@ class ArrayStatements(LedgerStatements):
         if not rows:
             return set()
         keys, hashes, claims = (list(column) for column in zip(*rows, strict=True))
-        params = {"namespace": self.namespace, "keys": keys, "hashes": hashes, "claims": claims}
+        digests = [content_digest(content_hash) for content_hash in hashes]
+        params = {"namespace_id": self.namespace_id, "keys": keys, "digests": digests, "claims": claims}
         return {(key, claim_id) for key, claim_id in self._run(conn, self._insert_sql, params)}
 
     def insert_claims(self, conn: sa.Connection, claim_ids: Sequence[int], stamp: int) -> None:
@@ -364,9 +390,9 @@ class ArrayStatements(LedgerStatements):
         if claim_ids:
             self._run(conn, self._mark_sql, {"namespace": self.namespace, "claims": list(claim_ids), "stamp": stamp})
 
-    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, str, int, str | None]]:
+    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, int, int, str | None]]:
         if keys:
-            yield from self._run(conn, self._keys_sql, {"namespace": self.namespace, "keys": list(keys)})
+            yield from self._run(conn, self._keys_sql, {"namespace_id": self.namespace_id, "keys": list(keys)})
 
     def claim_statuses(self, conn: sa.Connection, claim_ids: Sequence[int]) -> Iterator[tuple[int, str]]:
         if claim_ids:
@@ -375,7 +401,7 @@ class ArrayStatements(LedgerStatements):
 
     def lookup(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
         if keys:
-            yield from self._run(conn, self._lookup_sql, {"namespace": self.namespace, "keys": list(keys)})
+            yield from self._run(conn, self._lookup_sql, {"namespace_id": self.namespace_id, "keys": list(keys)})
 
     def on_keys(self, statement: sa.Update | sa.Delete, keys: Sequence[str]) -> Iterator[sa.Update | sa.Delete]:
         if keys:
@@ -418,10 +444,10 @@ class SqliteStatements(LedgerStatements):
         self._rows_per_insert: int | None = None
         self._in_statements: dict[tuple[str, int], str] = {}
         self._heads = {
-            "keys": f"SELECT event_key, content_hash, claim_id, status FROM {self._quoted}"
-            " WHERE namespace = ? AND event_key IN",
+            "keys": f"SELECT event_key, content_digest, claim_id, status FROM {self._quoted}"
+            " WHERE namespace_id = ? AND event_key IN",
             "claims": f"SELECT claim_id, status FROM {self._quoted_claims} WHERE namespace = ? AND claim_id IN",
-            "lookup": f"SELECT {self._lookup_columns} FROM {self._from} WHERE e.namespace = ? AND e.event_key IN",
+            "lookup": f"SELECT {self._lookup_columns} FROM {self._from} WHERE e.namespace_id = ? AND e.event_key IN",
             "mark": f"UPDATE {self._quoted_claims} SET status = 'sent', sent_at = ?, detail = NULL"
             " WHERE namespace = ? AND claim_id IN",
         }
@@ -429,10 +455,10 @@ class SqliteStatements(LedgerStatements):
     def _insert_sql(self, rows: int) -> str:
         sql = self._inserts.get(rows)
         if sql is None:
-            # ?1: the namespace; then key, hash, claim id per row
+            # ?1: the namespace id; then key, digest, claim id per row
             values = ",".join(f"(?1,?{2 + 3 * i},?{3 + 3 * i},?{4 + 3 * i})" for i in range(rows))
             sql = (
-                f"INSERT INTO {self._quoted} (namespace, event_key, content_hash, claim_id)"
+                f"INSERT INTO {self._quoted} (namespace_id, event_key, content_digest, claim_id)"
                 f" VALUES {values} ON CONFLICT DO NOTHING"
             )
             self._inserts[rows] = sql
@@ -455,7 +481,10 @@ class SqliteStatements(LedgerStatements):
     ) -> set[tuple[str, int]] | None:
         inserted = 0
         for part in slices(rows, self._rows_per_statement(conn)):
-            params = (self.namespace, *itertools.chain.from_iterable(part))
+            params = (
+                self.namespace_id,
+                *itertools.chain.from_iterable((key, content_digest(h), claim) for key, h, claim in part),
+            )
             inserted += conn.exec_driver_sql(self._insert_sql(len(part)), params).rowcount
         return inserted_if_all(rows, inserted)
 
@@ -483,9 +512,9 @@ class SqliteStatements(LedgerStatements):
         for sql, ids in self._padded("mark", claim_ids):
             conn.exec_driver_sql(sql, (stamp, self.namespace, *ids))
 
-    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, str, int, str | None]]:
+    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, int, int, str | None]]:
         for sql, padded in self._padded("keys", keys):
-            yield from conn.exec_driver_sql(sql, (self.namespace, *padded))
+            yield from conn.exec_driver_sql(sql, (self.namespace_id, *padded))
 
     def claim_statuses(self, conn: sa.Connection, claim_ids: Sequence[int]) -> Iterator[tuple[int, str]]:
         for sql, padded in self._padded("claims", claim_ids):
@@ -493,4 +522,4 @@ class SqliteStatements(LedgerStatements):
 
     def lookup(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
         for sql, padded in self._padded("lookup", keys):
-            yield from conn.exec_driver_sql(sql, (self.namespace, *padded))
+            yield from conn.exec_driver_sql(sql, (self.namespace_id, *padded))

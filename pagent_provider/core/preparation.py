@@ -25,6 +25,7 @@ from pagent_provider.core.delivery import PendingEvent
 from pagent_provider.core.encoding import ENCODING_ERRORS, content_hash, encode_event, ledger_key
 from pagent_provider.core.events import event_json_problem
 from pagent_provider.core.ledger import Ledger
+from pagent_provider.core.ledger_statements import content_digest
 from pagent_provider.core.transform import RowReject, TransformConfig, TransformedChunk, check_columns, transform_chunk
 
 
@@ -130,15 +131,15 @@ class ChunkPreparer:
             return pending
         if self.dry_run and not self.ledger.tables_exist():
             return pending
-        sent = self.ledger.sent_hashes([event.key for event in pending])
+        sent = self.ledger.sent_digests([event.key for event in pending])
         remaining = []
         for event in pending:
-            sent_hash = sent.get(event.key)
-            if sent_hash is None:
+            sent_digest = sent.get(event.key)
+            if sent_digest is None:
                 remaining.append(event)
                 continue
             prepared.already_sent += 1
-            if sent_hash != event.content_hash:
+            if sent_digest != content_digest(event.content_hash):
                 prepared.changed_after_send += 1
         return remaining
 

@@ -52,6 +52,7 @@ import sqlalchemy as sa
 
 from pagent_provider.core.delivery import PendingEvent
 from pagent_provider.core.ledger import CLAIMED, SENT, UNKNOWN, Ledger, LedgerRow, now_ms
+from pagent_provider.core.ledger_statements import content_digest
 from pagent_provider.core.preparation import ChunkPreparer, PreparedChunk
 from pagent_provider.core.transform import TransformConfig
 
@@ -291,7 +292,7 @@ class Reconciler:
 
     def _by_ledger(self, row: LedgerRow, event: PendingEvent, stamp: int) -> tuple[str, str]:
         if row.status == SENT:
-            if row.content_hash == event.content_hash:
+            if row.content_digest == content_digest(event.content_hash):
                 return SENT_OK, "sent"
             return CHANGED_AFTER_SEND, "sent, and the row has changed since (pagent has no update: not resent)"
         if row.status == UNKNOWN:
