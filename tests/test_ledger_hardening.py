@@ -256,6 +256,7 @@ def test_the_mariadb_key_columns_are_varbinary(mariadb):
         ("pagent_ledger_claims", "owner_run"),
         ("pagent_ledger_namespaces", "namespace"),
         ("pagent_ledger_rejects", "event_key"),
+        ("pagent_ledger_rejects", "namespace"),
     ]
     assert {collation for *_, collation in found} == {None}
     with mariadb.connect() as conn:  # the claim ids are numbers now, with nothing to compare but their value

@@ -36,26 +36,54 @@ def _old_claim(number: int) -> str:
     return f"{'ab' * 8}{number:016x}"  # the first layout's claim ids: 32 hex digits
 
 
+def layout_1_row(
+    namespace: str,
+    key: str,
+    status: str,
+    content_hash: str,
+    claim_id: str,
+    *,
+    owner_run: str,
+    stamp: int,
+    heartbeat: int,
+    host: str = "old-host",
+    detail: str | None = None,
+) -> dict[str, object]:
+    """One key's row as the first layout's runs wrote it."""
+    return {
+        "namespace": namespace,
+        "event_key": key,
+        "status": status,
+        "content_hash": content_hash,
+        "claim_id": claim_id,
+        "owner_run": owner_run,
+        "owner_host": host,
+        "owner_pid": 4242,
+        "owner_task": None,
+        "owner_try": None,
+        "claimed_at": heartbeat,
+        "heartbeat_at": heartbeat,
+        "sent_at": stamp if status == SENT else None,
+        "detail": detail,
+    }
+
+
 def old_rows(stamp: int) -> list[dict[str, object]]:
     """What the first layout's runs left behind for keys 1 to 1,250."""
 
     def row(key: int, status: str, claim: int, *, heartbeat: int = stamp, host: str = "old-host", detail=None):
-        return {
-            "namespace": NAMESPACE,
-            "event_key": str(key),
-            "status": status,
-            "content_hash": f"{key:032x}",
-            "claim_id": _old_claim(claim),
-            "owner_run": f"{claim:032x}",
-            "owner_host": host,
-            "owner_pid": 4242,
-            "owner_task": None,
-            "owner_try": None,
-            "claimed_at": heartbeat,
-            "heartbeat_at": heartbeat,
-            "sent_at": stamp if status == SENT else None,
-            "detail": detail,
-        }
+        return layout_1_row(
+            NAMESPACE,
+            str(key),
+            status,
+            f"{key:032x}",
+            _old_claim(claim),
+            owner_run=f"{claim:032x}",
+            stamp=stamp,
+            heartbeat=heartbeat,
+            host=host,
+            detail=detail,
+        )
 
     rows = [row(key, SENT, (key - 1) // 100) for key in range(1, 1_001)]  # ten sent batches
     rows += [row(key, SENT, 10) for key in range(1_001, 1_051)]  # a bisected batch: half acknowledged,

@@ -186,3 +186,23 @@ def test_acknowledged_batches_are_recorded_while_the_next_chunk_is_read(client, 
     engine.dispose()
     assert seen_while_reading == {"sent": 250}  # nothing acknowledged was left "claimed" during the read
     assert summary.sent == 500
+
+
+def test_the_first_chunk_is_prepared_head_first_and_later_chunks_whole():
+    from pagent_provider.core.preparation import HEAD_ROWS, ChunkPreparer
+
+    preparer = ChunkPreparer(CONFIG, None, dry_run=False)
+    first = [len(piece.pending) for piece in preparer.pieces(purchases(3 * HEAD_ROWS))]
+    later = [len(piece.pending) for piece in preparer.pieces(purchases(3 * HEAD_ROWS, seed=2))]
+    small = [len(piece.pending) for piece in ChunkPreparer(CONFIG, None, dry_run=False).pieces(purchases(HEAD_ROWS))]
+    assert (first, later, small) == ([HEAD_ROWS, 2 * HEAD_ROWS], [3 * HEAD_ROWS], [HEAD_ROWS])
+
+
+def test_keys_repeated_across_the_first_chunks_head_and_rest_are_sent_once_without_a_ledger(client, emulator):
+    from pagent_provider.core.preparation import HEAD_ROWS
+
+    frame = purchases(HEAD_ROWS + 500)
+    straddling = frame.iloc[HEAD_ROWS - 50 : HEAD_ROWS + 50]  # keys of both pieces, repeated at the end
+    summary = ConversionSync(client, CONFIG).run([pd.concat([frame, straddling], ignore_index=True)])
+    assert (summary.rows, summary.duplicate_keys, summary.sent) == (HEAD_ROWS + 600, 100, HEAD_ROWS + 500)
+    assert sorted(e["session_id"] for e in emulator.events()) == sorted(frame.session_id)

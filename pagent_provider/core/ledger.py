@@ -254,7 +254,8 @@ def build_tables(
         sa.Column(
             "id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), *id_default, primary_key=True, autoincrement=True
         ),
-        sa.Column("namespace", sa.String(128), nullable=False),
+        # byte-exact, as everywhere: a reconcile of 'shop' must not count the rejects of 'Shop'
+        sa.Column("namespace", key(128), nullable=False),
         sa.Column("run_token", sa.String(32), nullable=False),
         sa.Column("source", sa.String(16), nullable=False),
         sa.Column("event_key", key(MAX_KEY_LENGTH)),
@@ -336,7 +337,6 @@ class Ledger:
         )
         # the keys of this object's claims still in flight: whole-claim releases delete by key
         self._claim_keys: dict[int, set[str]] = {}
-        self._namespace_id: int | None = None
         if self.database.prepare_engine is not None:
             self.database.prepare_engine(engine)
 
@@ -371,8 +371,9 @@ class Ledger:
                 byte-exactly (made by an earlier version); the message says how
                 to fix them.
         """
-        if self.database.before_create is not None:
-            self.database.before_create(self.engine)
+        before_create = self.database.before_create
+        if before_create is not None:  # through the retry: a new SQLite file is locked while others switch it to WAL
+            self._retry.run("set-up", lambda: "nothing was changed", lambda: before_create(self.engine))
         # through the retry: a pooled connection killed since the last run must not fail the start
         if self._read("layout check", lambda conn: is_layout_1(conn, self.table)):
             migrate_layout_1(self)
@@ -396,19 +397,19 @@ class Ledger:
         Unregistered and not ``register``: :data:`UNREGISTERED`, which no key
         has (a read finds nothing), not kept, so a later call looks again.
         """
-        if self._namespace_id is None:
+        # one place holds the id, the statements that bind it: a thread finding it set finds it everywhere
+        if self._sql.namespace_id == UNREGISTERED:
             namespaces = self.namespaces_table
             found = self._read("namespace", lambda conn: find_namespace_id(conn, namespaces, self.namespace))
             if found is None and register:
-                found = register_namespace(
-                    lambda work: self._write("namespace", lambda: "nothing was claimed", work),
-                    namespaces,
-                    self.namespace,
-                )
+                found = register_namespace(self._namespace_transaction, self.table, namespaces, self.namespace)
             if found is None:
                 return UNREGISTERED
-            self._namespace_id = self._sql.namespace_id = found
-        return self._namespace_id
+            self._sql.namespace_id = found
+        return self._sql.namespace_id
+
+    def _namespace_transaction(self, work: Callable[[sa.Connection], T]) -> T:
+        return self._write("namespace", lambda: "nothing was claimed", work)
 
     def _in_namespace(self, *, register: bool = False) -> sa.ColumnElement[bool]:
         """The events table's rows of this namespace."""

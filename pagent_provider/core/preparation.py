@@ -7,14 +7,16 @@ encoded (a value the transform let through that JSON or UTF-8 cannot carry)
 becomes a :class:`~pagent_provider.core.transform.RowReject` of its row, like
 any invalid row: the rest of the chunk goes on. :func:`prepare_ahead` runs
 it in a helper thread, one chunk ahead, so the senders are not left idle while
-the next chunk is read and transformed.
+the next chunk is read and transformed; the first chunk goes in two pieces
+(:meth:`ChunkPreparer.pieces`), so that the first request does not wait for a
+whole chunk to be transformed.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,10 @@ class PreparedChunk:
     changed_after_send: int = 0
 
 
+#: Rows of the first chunk prepared on their own before the rest of it: ten batches, about 15 ms.
+HEAD_ROWS = 1_000
+
+
 class ChunkPreparer:
     """Prepares chunks in order; see the module docstring.
 
@@ -66,8 +72,26 @@ class ChunkPreparer:
         self.api = api
         self._rows_seen = 0
 
-    def prepare(self, chunk: pd.DataFrame) -> PreparedChunk:
-        """Transform, encode, de-duplicate and skip what was sent, for one chunk."""
+    def pieces(self, chunk: pd.DataFrame) -> Iterator[PreparedChunk]:
+        """``chunk`` prepared, the first chunk of all as its first :data:`HEAD_ROWS` rows and then the rest.
+
+        The sync's first request waits for the head only (at 20 µs a row, a
+        chunk of 10,000 takes 0.2 s to prepare). A key repeated across the
+        two pieces is dropped as one repeated within a chunk is.
+        """
+        if self._rows_seen or len(chunk) <= HEAD_ROWS:
+            yield self.prepare(chunk)
+            return
+        seen: set[str] = set()
+        yield self.prepare(chunk.iloc[:HEAD_ROWS], seen)
+        yield self.prepare(chunk.iloc[HEAD_ROWS:], seen)
+
+    def prepare(self, chunk: pd.DataFrame, seen: set[str] | None = None) -> PreparedChunk:
+        """Transform, encode, de-duplicate and skip what was sent, for one chunk.
+
+        ``seen``: keys of an earlier piece of the same chunk (they count as
+        repeated); this chunk's keys are added to it.
+        """
         if self._rows_seen == 0:
             check_columns(list(chunk.columns), self.transform)
         row_offset = self._rows_seen
@@ -80,7 +104,7 @@ class ChunkPreparer:
             valid=len(transformed.events) - len(unencodable),
             rejects=transformed.rejects + unencodable,
         )
-        unique = self._drop_duplicates(pending, prepared)
+        unique = self._drop_duplicates(pending, prepared, set() if seen is None else seen)
         prepared.pending = self._skip_sent(unique, prepared)
         return prepared
 
@@ -113,8 +137,7 @@ class ChunkPreparer:
         return pending, rejects
 
     @staticmethod
-    def _drop_duplicates(pending: list[PendingEvent], prepared: PreparedChunk) -> list[PendingEvent]:
-        seen: set[str] = set()
+    def _drop_duplicates(pending: list[PendingEvent], prepared: PreparedChunk, seen: set[str]) -> list[PendingEvent]:
         unique = []
         for event in pending:
             if event.key in seen:
@@ -195,8 +218,9 @@ def prepare_ahead(
     def produce() -> None:
         try:
             for chunk in chunks:
-                if not offer(preparer.prepare(chunk)):
-                    return
+                for prepared in preparer.pieces(chunk):
+                    if not offer(prepared):
+                        return
         except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
             offer(error)
             return

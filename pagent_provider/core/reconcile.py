@@ -209,7 +209,7 @@ class _RepeatsKept(ChunkPreparer):
     """The sync's preparer without its de-duplication: reconcile classifies each repeated key itself."""
 
     @staticmethod
-    def _drop_duplicates(pending: list[PendingEvent], prepared: PreparedChunk) -> list[PendingEvent]:
+    def _drop_duplicates(pending: list[PendingEvent], prepared: PreparedChunk, seen: set[str]) -> list[PendingEvent]:
         return pending
 
 
