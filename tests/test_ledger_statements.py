@@ -152,7 +152,10 @@ def test_a_second_claim_of_the_same_keys_inserts_nothing_and_reports_them(engine
     claim = first.claim(entries(keys))
     first.mark_sent(claim.claim_id, keys[:100])
     with engine.begin() as conn:
-        assert second._sql.insert_if_absent(conn, sorted((k, digest(k), 2) for k in keys), 1) in (None, set())
+        assert second._sql.insert_if_absent(conn, sorted((k, content_digest(digest(k)), 2) for k in keys), 1) in (
+            None,
+            set(),
+        )
     again = second.claim(entries(keys))
     assert again.claimed == set()
     assert sorted(again.already_sent) == sorted(keys[:100])

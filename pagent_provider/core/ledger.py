@@ -411,9 +411,9 @@ class Ledger:
     def _namespace_transaction(self, work: Callable[[sa.Connection], T]) -> T:
         return self._write("namespace", lambda: "nothing was claimed", work)
 
-    def _in_namespace(self, *, register: bool = False) -> sa.ColumnElement[bool]:
+    def _in_namespace(self) -> sa.ColumnElement[bool]:
         """The events table's rows of this namespace."""
-        return self.table.c.namespace_id == self._ns(register=register)
+        return self.table.c.namespace_id == self._ns()
 
     def _create_missing_tables(self) -> None:
         attempts = 3
@@ -511,7 +511,7 @@ class Ledger:
         results = [ClaimResult(claim_id=self._new_claim_id()) for _ in batches]
         stamp = now_ms()
         rows = [
-            (key, content_hash, result.claim_id)
+            (key, content_digest(content_hash), result.claim_id)
             for result, entries in zip(results, batches, strict=True)
             for key, content_hash in entries
         ]
@@ -619,7 +619,7 @@ class Ledger:
             if not vanished:
                 return existing
             # released by another run between our insert and our lookup: try again
-            self._reclaim([(key, content_hash, claim_id) for key, content_hash in vanished])
+            self._reclaim([(key, content_digest(content_hash), claim_id) for key, content_hash in vanished])
             existing.update(self.lookup([key for key, _ in vanished]))
         self._check_asked(existing, hashes)
         missing = hashes.keys() - existing.keys()

@@ -40,8 +40,8 @@ CLAIMED, SENT, UNKNOWN = "claimed", "sent", "unknown"
 #: SQLAlchemy 2 runs an INSERT ... RETURNING with many rows as batched multi-row
 #: statements and returns every row ("insertmanyvalues"); 1.4 (Airflow 2.11 to 3.1) does not.
 SQLALCHEMY_2 = int(sa.__version__.split(".")[0]) >= 2
-#: One row to claim: ``(event_key, content_hash, claim_id)``.
-ClaimRow = tuple[str, str, int]
+#: One row to claim: ``(event_key, content digest, claim_id)`` (see :func:`content_digest`).
+ClaimRow = tuple[str, int, int]
 #: The namespace id of a namespace not registered yet: no key has it (ids start at 1).
 UNREGISTERED = 0
 #: What a lookup returns per key, in this order (the fields of ``LedgerRow``):
@@ -204,13 +204,8 @@ class LedgerStatements:
         """
         namespace_id = self.namespace_id
         params = [
-            {
-                "namespace_id": namespace_id,
-                "event_key": key,
-                "content_digest": content_digest(content_hash),
-                "claim_id": claim,
-            }
-            for key, content_hash, claim in rows
+            {"namespace_id": namespace_id, "event_key": key, "content_digest": digest, "claim_id": claim}
+            for key, digest, claim in rows
         ]
         if self.returns_rows and not SQLALCHEMY_2:
             # SQLAlchemy 1.4: the same insert-if-absent as one multi-row VALUES per slice,
@@ -365,8 +360,7 @@ class ArrayStatements(LedgerStatements):
     ) -> set[tuple[str, int]] | None:
         if not rows:
             return set()
-        keys, hashes, claims = (list(column) for column in zip(*rows, strict=True))
-        digests = [content_digest(content_hash) for content_hash in hashes]
+        keys, digests, claims = (list(column) for column in zip(*rows, strict=True))
         params = {"namespace_id": self.namespace_id, "keys": keys, "digests": digests, "claims": claims}
         # the count, not RETURNING: a window's 400 returned rows cost more client time than the
         # rest of its claim, and a window that did not insert them all is looked up anyway
@@ -482,10 +476,7 @@ class SqliteStatements(LedgerStatements):
     ) -> set[tuple[str, int]] | None:
         inserted = 0
         for part in slices(rows, self._rows_per_statement(conn)):
-            params = (
-                self.namespace_id,
-                *itertools.chain.from_iterable((key, content_digest(h), claim) for key, h, claim in part),
-            )
+            params = (self.namespace_id, *itertools.chain.from_iterable(part))
             inserted += conn.exec_driver_sql(self._insert_sql(len(part)), params).rowcount
         return inserted_if_all(rows, inserted)
 
