@@ -4,8 +4,9 @@ Everything about *how* a request travels lives here, nothing about *what* it
 carries:
 
 * one :class:`requests.Session` with a connection pool sized for the number of
-  concurrent senders (``requests`` sessions are safe to share between threads
-  for plain ``post`` calls);
+  concurrent senders, each URL's request prepared once by it and sent through
+  its adapter (:mod:`~pagent_provider.core.prepared_post`: half the CPU of
+  ``session.post``, the same bytes, proxies and TLS settings);
 * connect and read timeouts on every request, and an overall deadline
   (:mod:`~pagent_provider.core.deadlines`) that a trickling server cannot stretch;
 * redirects are never followed: any 3xx is a configuration error;
@@ -50,6 +51,7 @@ import urllib3.exceptions
 
 from pagent_provider.core import defaults
 from pagent_provider.core.deadlines import Watchdog, deadline_adapter
+from pagent_provider.core.prepared_post import PreparedPosts
 from pagent_provider.core.redaction import Redactor, without_credentials
 from pagent_provider.exceptions import (
     PagentAuthError,
@@ -304,17 +306,6 @@ def build_session(pool_size: int, options: HttpOptions | None = None) -> request
     return session
 
 
-def _session_settings(session: requests.Session) -> dict[str, Any]:
-    """The session's proxies, verify and cert, passed per request.
-
-    requests lets the environment override the *session's* values (an
-    ``HTTPS_PROXY`` over ``session.proxies``, ``REQUESTS_CA_BUNDLE`` over
-    ``session.verify=False``) but not a request's. A copy of the proxies: requests
-    adds the environment's to the dict it is given.
-    """
-    return {"proxies": dict(session.proxies), "verify": session.verify, "cert": session.cert}
-
-
 def _never_sent(error: requests.ConnectionError) -> bool:
     """True when the connection could not even be opened, so the server saw nothing."""
     if isinstance(error, requests.ConnectTimeout):
@@ -469,8 +460,7 @@ class Transport:
         redact: Redactor | None = None,
         watchdog: Watchdog | None = None,
     ) -> None:
-        self._session = session
-        self._headers = headers
+        self._posts = PreparedPosts(session, headers)
         self.policy = policy
         self.gate = gate or RateLimitGate()
         self.redact = redact or Redactor()
@@ -521,16 +511,10 @@ class Transport:
     def _send(self, url: str, body: bytes) -> requests.Response:
         timeout = (self.policy.connect_timeout_s, self.policy.read_timeout_s)
         redact = self.redact
+        post = self._posts(url)
         with self.watchdog.watch(self.policy.attempt_deadline_s) as deadline:
             try:
-                return self._session.post(
-                    url,
-                    data=body,
-                    headers=self._headers,
-                    timeout=timeout,
-                    allow_redirects=False,
-                    **_session_settings(self._session),
-                )
+                return post.send(body, timeout)
             except requests.ConnectionError as error:
                 if _never_sent(error):
                     raise _RetryLater(
