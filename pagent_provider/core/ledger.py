@@ -508,7 +508,7 @@ class Ledger:
         # Claim ids are fixed before the first attempt: when a commit went through but
         # its answer was lost, the retry finds the rows carrying our claim id, ours.
         self._ns(register=True)
-        results = [ClaimResult(claim_id=self._new_claim_id()) for _ in batches]
+        results = [ClaimResult(claim_id=claim_id) for claim_id in self._new_claim_ids(len(batches))]
         stamp = now_ms()
         rows = [
             (key, content_digest(content_hash), result.claim_id)
@@ -557,9 +557,14 @@ class Ledger:
         return self._write("claim", consequence, claim)
 
     @staticmethod
-    def _new_claim_id() -> int:
-        # 63 bits from the OS for every claim: a process forked from this one draws its own
-        return secrets.randbits(63) or 1
+    def _new_claim_ids(count: int) -> list[int]:
+        """``count`` claim ids of 63 bits from the OS (a process forked from this one draws its own).
+
+        One read for the whole window: each read releases the GIL, and getting
+        it back from a busy preparation thread cost about 0.3 ms a claim.
+        """
+        drawn = secrets.token_bytes(8 * count)
+        return [(int.from_bytes(drawn[i : i + 8], "big") >> 1) or 1 for i in range(0, 8 * count, 8)]
 
     def _insert_if_absent(self, conn: sa.Connection, rows: list[ClaimRow], stamp: int) -> set[tuple[str, int]] | None:
         """Insert the rows whose key is free; return their ``(key, claim id)`` (``None``: not known, look up)."""
