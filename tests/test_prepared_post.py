@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 import requests
@@ -16,9 +17,9 @@ HEADERS = {"Authorization": "Bearer test-key-0001", "Content-Type": "application
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):
-    seen: list[tuple[str, list[tuple[str, str]], bytes]] = []
+    seen: ClassVar[list[tuple[str, list[tuple[str, str]], bytes]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.seen.append((self.requestline, [(k.lower(), v) for k, v in self.headers.items()], body))
         answer = b'{"accepted":1}'

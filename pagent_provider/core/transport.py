@@ -466,6 +466,14 @@ class Transport:
         self.redact = redact or Redactor()
         self.watchdog = watchdog or Watchdog()
         self.counters = TransportCounters()
+        # Built once: its state lives in each call (tenacity keeps statistics per thread).
+        self._retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_RetryLater),
+            stop=tenacity.stop_after_attempt(policy.max_retries + 1),
+            wait=self._wait_before_retry,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
 
     def __repr__(self) -> str:
         return f"Transport(policy={self.policy!r})"
@@ -487,15 +495,8 @@ class Transport:
             PagentUnknownOutcomeError: the request may have been received, but no answer came.
             PagentUnexpectedResponseError: an undocumented status.
         """
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(_RetryLater),
-            stop=tenacity.stop_after_attempt(self.policy.max_retries + 1),
-            wait=self._wait_before_retry,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
         try:
-            return retrying(self._attempt, url, body, expected)
+            return self._retrying(self._attempt, url, body, expected)
         except _RetryLater as exhausted:
             raise exhausted.final from None
 
