@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
+
 from pagent_provider.core.events import validate_v1_events, validate_v2_event, validate_v2_events
 from pagent_provider.core.redaction import MIN_SECRET_LENGTH, Redactor
 from pagent_provider.core.transport import HttpOptions, MaskedHeaders, RetryPolicy, Transport, build_session
@@ -251,4 +253,11 @@ def normalize_base_url(base_url: str) -> str:
         raise PagentConfigError(f"the pagent base URL must start with http:// or https:// and name a host, got {url!r}")
     if parts.query or parts.fragment:
         raise PagentConfigError(f"the pagent base URL must not carry a query or fragment, got {url!r}")
+    try:
+        requests.PreparedRequest().prepare_url(url + V1_PATH, None)  # what every request will do with it
+    except requests.RequestException:
+        raise PagentConfigError(
+            f"the pagent base URL has a host requests cannot use (a space, a bad %-escape, a name IDNA "
+            f"refuses), got {url!r}"
+        ) from None
     return url

@@ -51,7 +51,9 @@ class Deadline:
         connection = self.connection
         if connection is None or getattr(connection, "pagent_deadline", None) is not self:
             return  # finished, or already back in the pool and serving another request
-        sock = getattr(connection, "sock", None)
+        # An answer that closes its connection (Connection: close, HTTP/1.0, no length)
+        # is read after http.client dropped conn.sock: the socket noted at connect is cut.
+        sock = getattr(connection, "sock", None) or getattr(connection, "pagent_sock", None)
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -79,6 +81,7 @@ class _NotingConnection:
     def connect(self) -> None:
         self._note()
         super().connect()  # type: ignore[misc]
+        self.pagent_sock = self.sock  # type: ignore[attr-defined]
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
         self._note()

@@ -512,10 +512,9 @@ class Transport:
     def _send(self, url: str, body: bytes) -> requests.Response:
         timeout = (self.policy.connect_timeout_s, self.policy.read_timeout_s)
         redact = self.redact
-        post = self._posts(url)
         with self.watchdog.watch(self.policy.attempt_deadline_s) as deadline:
             try:
-                return post.send(body, timeout)
+                response = self._posts(url).send(body, timeout)
             except requests.ConnectionError as error:
                 if _never_sent(error):
                     raise _RetryLater(
@@ -537,6 +536,11 @@ class Transport:
                 if deadline.expired:
                     raise self._deadline_passed(url) from None
                 raise PagentUnknownOutcomeError(f"POST {url} failed mid-answer: {redact(error)}") from None
+            if deadline.expired:
+                # Cut while the headers trickled in, an answer can parse as a whole one
+                # (a 200 with an empty body): it is not.
+                raise self._deadline_passed(url)
+            return response
 
     def _deadline_passed(self, url: str) -> PagentUnknownOutcomeError:
         return PagentUnknownOutcomeError(
