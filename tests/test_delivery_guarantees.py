@@ -278,7 +278,11 @@ def test_a_sync_killed_mid_run_is_completed_by_the_next_run(
 def test_a_lost_answer_is_unknown_stops_the_run_and_the_next_run_honours_the_policy(
     sqlite_engine, pagent_emulator, policy, api
 ):
-    frame = fill_warehouse(sqlite_engine, 1000)
+    # 30 batches: the run stops at the 4th request's lost answer, and the batches already
+    # claimed then (at most 2 x max_workers = 8, more if other answers overtake the lost
+    # one) must not be all of them, or "the run stopped" could not be seen (10 batches
+    # were once all sent before the lost answer was collected)
+    frame = fill_warehouse(sqlite_engine, 3000)
     every_id = set(frame["order_id"].tolist())
     pagent_emulator.faults = Faults(drop_every=4)  # stored by the server, then the connection drops
 
