@@ -49,10 +49,12 @@ from pagent_provider.core.ledger_namespaces import find_namespace_id, register_n
 from pagent_provider.core.ledger_retry import LedgerRetry
 from pagent_provider.core.ledger_statements import (
     CLAIMED,
+    EVERY_ROW,
     SENT,
     UNKNOWN,
     UNREGISTERED,
     ClaimRow,
+    Inserted,
     LedgerStatements,
     LedgerTables,
     content_digest,
@@ -91,6 +93,14 @@ def _acknowledged(batches: int) -> str:
     return f"the events of {batches} batches were acknowledged by pagent but could not be recorded as sent: " + (
         _UNRECORDED_SENT
     )
+
+
+def _all_inserted(inserted: Inserted, keys: set[str], claim_id: int) -> bool:
+    """Whether the insert took every key of one batch (of claim ``claim_id``)."""
+    if inserted is EVERY_ROW:
+        return True
+    # compare (key, claim id): a key repeated in two batches is inserted for one of them only
+    return isinstance(inserted, set) and all((key, claim_id) in inserted for key in keys)
 
 
 def _first(row: ClaimRow) -> str:
@@ -519,26 +529,23 @@ class Ledger:
             self.mark_claims_sent(mark_sent)
             return results
         inserted = self._claim_and_mark([result.claim_id for result in results], rows, mark_sent)
-        for result, entries in zip(results, batches, strict=True):
-            self._claim_keys[result.claim_id] = {key for key, _ in entries}
+        batch_keys = [{key for key, _ in entries} for entries in batches]
+        for result, keys in zip(results, batch_keys, strict=True):
+            self._claim_keys[result.claim_id] = keys  # what a release names, should settling fail
         try:
-            for result, entries in zip(results, batches, strict=True):
-                keys = {key for key, _ in entries}
-                # compare (key, claim id): a key repeated in two batches is inserted for one of them only
-                if inserted is not None and {(key, result.claim_id) for key in keys} <= inserted:
-                    result.claimed = keys
+            for result, entries, keys in zip(results, batches, batch_keys, strict=True):
+                if _all_inserted(inserted, keys, result.claim_id):
+                    result.claimed = set(keys)
                 elif entries:
                     self._settle_conflicts(entries, result, stamp)
-                self._claim_keys[result.claim_id] = set(result.claimed)
+                    self._claim_keys[result.claim_id] = set(result.claimed)
         except PagentLedgerError:
             self._release_quietly([result.claim_id for result in results])
             raise
         return results
 
-    def _claim_and_mark(
-        self, claim_ids: Sequence[int], rows: list[ClaimRow], mark_sent: Sequence[int]
-    ) -> set[tuple[str, int]] | None:
-        def claim(conn: sa.Connection) -> set[tuple[str, int]] | None:
+    def _claim_and_mark(self, claim_ids: Sequence[int], rows: list[ClaimRow], mark_sent: Sequence[int]) -> Inserted:
+        def claim(conn: sa.Connection) -> Inserted:
             # Stamped at each attempt: a claim retried for a while must not look abandoned at once.
             # Insert first, mark after: a transaction that is marking its own rows then
             # waits for nobody, so two runs' transactions cannot wait on each other.
@@ -566,8 +573,8 @@ class Ledger:
         drawn = secrets.token_bytes(8 * count)
         return [(int.from_bytes(drawn[i : i + 8], "big") >> 1) or 1 for i in range(0, 8 * count, 8)]
 
-    def _insert_if_absent(self, conn: sa.Connection, rows: list[ClaimRow], stamp: int) -> set[tuple[str, int]] | None:
-        """Insert the rows whose key is free; return their ``(key, claim id)`` (``None``: not known, look up)."""
+    def _insert_if_absent(self, conn: sa.Connection, rows: list[ClaimRow], stamp: int) -> Inserted:
+        """Insert the rows whose key is free; what was inserted (see :data:`Inserted`)."""
         # Insert in key order: each inserted key stays locked until commit, and two
         # runs inserting overlapping keys in different orders (overlapping intervals
         # read in a different order) deadlock on PostgreSQL and MariaDB.

@@ -20,6 +20,7 @@ its entry in :data:`pagent_provider.core.ledger_dialects.DIALECTS`;
 
 from __future__ import annotations
 
+import enum
 import itertools
 import re
 import sqlite3
@@ -107,11 +108,26 @@ def slices(items: Sequence[T], size: int = LOOKUP_SLICE) -> Iterator[Sequence[T]
         yield items[start : start + size]
 
 
-def inserted_if_all(rows: Sequence[ClaimRow], rowcount: int) -> set[tuple[str, int]] | None:
-    """Every row's ``(key, claim id)`` when a count-only insert inserted them all, else ``None`` (look up)."""
-    if rowcount != len(rows):
-        return None
-    return {(key, claim_id) for key, _, claim_id in rows}
+class EveryRow(enum.Enum):
+    """A count-only insert inserted every row it was given."""
+
+    INSERTED = "every row inserted"
+
+
+#: What a count-only insert reports when it inserted every row.
+EVERY_ROW = EveryRow.INSERTED
+#: What an insert-if-absent reports: the ``(key, claim id)`` pairs it inserted,
+#: :data:`EVERY_ROW`, or ``None`` (only a count, and not every row: look the keys up).
+Inserted = set[tuple[str, int]] | EveryRow | None
+
+
+def inserted_if_all(rows: Sequence[ClaimRow], rowcount: int) -> Inserted:
+    """:data:`EVERY_ROW` when a count-only insert inserted every row, else ``None`` (look up).
+
+    Not a set of the rows: building one per window cost the sync's main thread
+    more than the rest of the claim's Python.
+    """
+    return EVERY_ROW if rowcount == len(rows) else None
 
 
 def key_status(tables: LedgerTables) -> sa.ColumnElement[str]:
@@ -196,12 +212,8 @@ class LedgerStatements:
 
     def insert_if_absent(
         self, conn: sa.Connection, rows: Sequence[ClaimRow], stamp: int
-    ) -> set[tuple[str, int]] | None:
-        """Insert the keys that are free (``rows`` in key order); their ``(key, claim id)``, or ``None``.
-
-        ``None``: the database gives a count only, and not every row was
-        inserted; the caller looks the keys up.
-        """
+    ) -> Inserted:
+        """Insert the keys that are free (``rows`` in key order); what was inserted (see :data:`Inserted`)."""
         namespace_id = self.namespace_id
         params = [
             {"namespace_id": namespace_id, "event_key": key, "content_digest": digest, "claim_id": claim}
@@ -357,7 +369,7 @@ class ArrayStatements(LedgerStatements):
 
     def insert_if_absent(
         self, conn: sa.Connection, rows: Sequence[ClaimRow], stamp: int
-    ) -> set[tuple[str, int]] | None:
+    ) -> Inserted:
         if not rows:
             return set()
         keys, digests, claims = (list(column) for column in zip(*rows, strict=True))
@@ -473,7 +485,7 @@ class SqliteStatements(LedgerStatements):
 
     def insert_if_absent(
         self, conn: sa.Connection, rows: Sequence[ClaimRow], stamp: int
-    ) -> set[tuple[str, int]] | None:
+    ) -> Inserted:
         inserted = 0
         for part in slices(rows, self._rows_per_statement(conn)):
             params = (self.namespace_id, *itertools.chain.from_iterable(part))

@@ -352,7 +352,11 @@ class ConversionSync:
             s.duplicate_keys += len(claim.duplicate_keys)
             s.unknown += len(claim.unknown_skipped) + len(claim.unknown_taken_over)
             s.unknown_resent += len(claim.unknown_taken_over)
-            claimed.append((claim.claim_id, [event for event in batch if event.key in claim.claimed]))
+            # claimed is a subset of the batch's keys: as many means every event of it
+            if len(claim.claimed) == len(batch):
+                claimed.append((claim.claim_id, batch))
+            else:
+                claimed.append((claim.claim_id, [event for event in batch if event.key in claim.claimed]))
         return claimed
 
     def _collect(self, *, block: bool) -> None:
