@@ -210,9 +210,7 @@ class LedgerStatements:
         if claim_ids:
             conn.execute(self._insert_claims, [{**fixed, "claim_id": claim_id} for claim_id in claim_ids])
 
-    def insert_if_absent(
-        self, conn: sa.Connection, rows: Sequence[ClaimRow], stamp: int
-    ) -> Inserted:
+    def insert_if_absent(self, conn: sa.Connection, rows: Sequence[ClaimRow], stamp: int) -> Inserted:
         """Insert the keys that are free (``rows`` in key order); what was inserted (see :data:`Inserted`)."""
         namespace_id = self.namespace_id
         params = [
@@ -367,9 +365,7 @@ class ArrayStatements(LedgerStatements):
             return conn.exec_driver_sql(statement, params)
         return conn.execute(statement, params)
 
-    def insert_if_absent(
-        self, conn: sa.Connection, rows: Sequence[ClaimRow], stamp: int
-    ) -> Inserted:
+    def insert_if_absent(self, conn: sa.Connection, rows: Sequence[ClaimRow], stamp: int) -> Inserted:
         if not rows:
             return set()
         keys, digests, claims = (list(column) for column in zip(*rows, strict=True))
@@ -483,9 +479,7 @@ class SqliteStatements(LedgerStatements):
                 self._claim_rows_sql[len(part)] = sql
             conn.exec_driver_sql(sql, fixed + tuple(part))
 
-    def insert_if_absent(
-        self, conn: sa.Connection, rows: Sequence[ClaimRow], stamp: int
-    ) -> Inserted:
+    def insert_if_absent(self, conn: sa.Connection, rows: Sequence[ClaimRow], stamp: int) -> Inserted:
         inserted = 0
         for part in slices(rows, self._rows_per_statement(conn)):
             params = (self.namespace_id, *itertools.chain.from_iterable(part))
