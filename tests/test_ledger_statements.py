@@ -20,7 +20,13 @@ import sqlalchemy as sa
 from test_ledger import run_together  # the tests directory is on sys.path (rootdir conftest)
 
 from pagent_provider.core.ledger import SENT, Ledger
-from pagent_provider.core.ledger_statements import ArrayStatements, LedgerStatements, SqliteStatements, content_digest
+from pagent_provider.core.ledger_statements import (
+    ArrayStatements,
+    LedgerStatements,
+    SqliteStatements,
+    _fetch_tuples,
+    content_digest,
+)
 from pagent_provider.core.owner import ClaimOwner
 
 # Keys that quoting, placeholders, escapes or collations could get wrong
@@ -301,6 +307,17 @@ def test_on_sqlite_the_statements_are_built_once_and_run_without_executemany(sql
     selects = writes(seen, "SELECT")
     # 10,333 keys in IN lists of 500, then their claims' statuses in one list
     assert len(selects) == 22 and len({sql for sql, _ in selects}) == 2
+
+
+def test_on_sqlite_an_error_while_fetching_rows_is_a_database_error_as_sqlalchemy_raises_it(sqlite_ledger):
+    """Lookups fetch sqlite3's own tuples; a failure after the first row must still be retried like any other."""
+    failing_on_the_second_row = "SELECT json_extract(v, '$') FROM (SELECT '1' AS v UNION ALL SELECT '{not json')"
+    with sqlite_ledger.engine.connect() as conn:
+        with pytest.raises(sa.exc.OperationalError, match="malformed JSON") as caught:
+            _fetch_tuples(conn, failing_on_the_second_row, ())
+        assert isinstance(caught.value.orig, sqlite3.OperationalError)
+        # the connection is usable afterwards, and the lookups answer in plain tuples
+        assert _fetch_tuples(conn, "SELECT 1, 'a'", ()) == [(1, "a")]
 
 
 def test_on_sqlite_a_library_allowing_999_parameters_gets_smaller_statements(tmp_path):

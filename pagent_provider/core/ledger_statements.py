@@ -239,37 +239,45 @@ class LedgerStatements:
 
     # --- reads
 
-    def sent_digests(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, int]]:
+    def sent_digests(self, conn: sa.Connection, keys: Sequence[str]) -> list[tuple[str, int]]:
         """``(key, content digest)`` of the keys among ``keys`` that are sent.
 
         The question every chunk asks: the keys' rows, then the status of
         their claims not yet known to be sent (a hundred keys share one), not
         a join per key. A claim once sent stays sent, so it is asked once.
+        Rows are fetched whole and filtered in one comprehension: a re-run asks
+        this of every row, and iterating results row by row cost it twice the
+        database's own work.
         """
-        rows = list(self.key_rows(conn, keys))
-        unsettled = sorted({claim for _, _, claim, own in rows if own is None and claim not in self._sent_claims})
+        rows = self.key_rows(conn, keys)
+        sent_claims = self._sent_claims
+        unsettled = sorted({claim for _, _, claim, own in rows if own is None} - sent_claims)
         if unsettled:
-            self._sent_claims.update(claim for claim, status in self.claim_statuses(conn, unsettled) if status == SENT)
-        for key, digest, claim, own in rows:
-            if own == SENT or (own is None and claim in self._sent_claims):
-                yield key, digest
+            sent_claims.update(claim for claim, status in self.claim_statuses(conn, unsettled) if status == SENT)
+        return [
+            (key, digest) for key, digest, claim, own in rows if own == SENT or (own is None and claim in sent_claims)
+        ]
 
-    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, int, int, str | None]]:
+    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> list[tuple[str, int, int, str | None]]:
         """``(key, content digest, claim id, the key's own status)`` of the keys among ``keys`` that have a row."""
         e = self.table
         columns = (e.c.event_key, e.c.content_digest, e.c.claim_id, e.c.status)
+        rows: list[Any] = []
         for keys_slice in slices(keys):
-            yield from conn.execute(
-                sa.select(*columns).where(e.c.namespace_id == self.namespace_id, e.c.event_key.in_(keys_slice))
-            )
+            query = sa.select(*columns).where(e.c.namespace_id == self.namespace_id, e.c.event_key.in_(keys_slice))
+            rows += conn.execute(query).fetchall()
+        return rows
 
-    def claim_statuses(self, conn: sa.Connection, claim_ids: Sequence[int]) -> Iterator[tuple[int, str]]:
+    def claim_statuses(self, conn: sa.Connection, claim_ids: Sequence[int]) -> list[tuple[int, str]]:
         """``(claim id, status)`` of the claims among ``claim_ids`` that have a row."""
         c = self.tables.claims
+        rows: list[Any] = []
         for ids_slice in slices(claim_ids):
-            yield from conn.execute(
-                sa.select(c.c.claim_id, c.c.status).where(c.c.namespace == self.namespace, c.c.claim_id.in_(ids_slice))
+            query = sa.select(c.c.claim_id, c.c.status).where(
+                c.c.namespace == self.namespace, c.c.claim_id.in_(ids_slice)
             )
+            rows += conn.execute(query).fetchall()
+        return rows
 
     def lookup(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
         """The :data:`LOOKUP_COLUMNS` of every key among ``keys`` that has a row."""
@@ -393,14 +401,16 @@ class ArrayStatements(LedgerStatements):
         if claim_ids:
             self._run(conn, self._mark_sql, {"namespace": self.namespace, "claims": list(claim_ids), "stamp": stamp})
 
-    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, int, int, str | None]]:
-        if keys:
-            yield from self._run(conn, self._keys_sql, {"namespace_id": self.namespace_id, "keys": list(keys)})
+    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> list[tuple[str, int, int, str | None]]:
+        if not keys:
+            return []
+        return list(self._run(conn, self._keys_sql, {"namespace_id": self.namespace_id, "keys": list(keys)}).fetchall())
 
-    def claim_statuses(self, conn: sa.Connection, claim_ids: Sequence[int]) -> Iterator[tuple[int, str]]:
-        if claim_ids:
-            params = {"namespace": self.namespace, "claims": list(claim_ids)}
-            yield from self._run(conn, self._claim_status_sql, params)
+    def claim_statuses(self, conn: sa.Connection, claim_ids: Sequence[int]) -> list[tuple[int, str]]:
+        if not claim_ids:
+            return []
+        params = {"namespace": self.namespace, "claims": list(claim_ids)}
+        return list(self._run(conn, self._claim_status_sql, params).fetchall())
 
     def lookup(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
         if keys:
@@ -510,14 +520,35 @@ class SqliteStatements(LedgerStatements):
         for sql, ids in self._padded("mark", claim_ids):
             conn.exec_driver_sql(sql, (stamp, self.namespace, *ids))
 
-    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[str, int, int, str | None]]:
+    def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> list[tuple[str, int, int, str | None]]:
+        rows: list[Any] = []
         for sql, padded in self._padded("keys", keys):
-            yield from conn.exec_driver_sql(sql, (self.namespace_id, *padded))
+            rows += _fetch_tuples(conn, sql, (self.namespace_id, *padded))
+        return rows
 
-    def claim_statuses(self, conn: sa.Connection, claim_ids: Sequence[int]) -> Iterator[tuple[int, str]]:
+    def claim_statuses(self, conn: sa.Connection, claim_ids: Sequence[int]) -> list[tuple[int, str]]:
+        rows: list[Any] = []
         for sql, padded in self._padded("claims", claim_ids):
-            yield from conn.exec_driver_sql(sql, (self.namespace, *padded))
+            rows += _fetch_tuples(conn, sql, (self.namespace, *padded))
+        return rows
 
     def lookup(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
         for sql, padded in self._padded("lookup", keys):
             yield from conn.exec_driver_sql(sql, (self.namespace_id, *padded))
+
+
+def _fetch_tuples(conn: sa.Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """Every row of ``sql`` as the plain tuples sqlite3 returns.
+
+    A re-run looks up every key it reads: SQLAlchemy's ``Row`` objects, built
+    and unpacked one per key, cost more than SQLite's own probing of the index.
+    An error while fetching is raised as SQLAlchemy raises any database error,
+    so the ledger's retries treat it alike.
+    """
+    result = conn.exec_driver_sql(sql, params)
+    try:
+        return list(result.cursor.fetchall())
+    except sqlite3.Error as error:
+        raise sa.exc.DBAPIError.instance(sql, params, error, sqlite3.Error) from error
+    finally:
+        result.close()
