@@ -22,6 +22,7 @@ from pagent_provider.core.apis import EncodedSender, IngestApi, check_api, send_
 from pagent_provider.core.batching import batched
 from pagent_provider.core.delivery import BatchOutcome, PendingEvent, RefusalBudget, deliver_batch
 from pagent_provider.core.events import MAX_EVENTS_PER_REQUEST
+from pagent_provider.core.frozen_heap import frozen_heap
 from pagent_provider.core.ledger import Ledger, RejectRecord
 from pagent_provider.core.loggers import TaskLogger
 from pagent_provider.core.owner import heartbeat_interval_s
@@ -216,7 +217,7 @@ class ConversionSync:
         if self.ledger is not None and not self.options.dry_run:
             self.ledger.create_tables()
         try:
-            with ThreadPoolExecutor(self.options.max_workers, thread_name_prefix="pagent-send") as pool:
+            with frozen_heap(), ThreadPoolExecutor(self.options.max_workers, thread_name_prefix="pagent-send") as pool:
                 try:
                     self._sync_chunks(chunks, pool)
                     self._settle_claimed_elsewhere(pool)
