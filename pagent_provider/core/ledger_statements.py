@@ -521,15 +521,16 @@ class SqliteStatements(LedgerStatements):
             conn.exec_driver_sql(sql, (stamp, self.namespace, *ids))
 
     def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> list[tuple[str, int, int, str | None]]:
-        rows: list[Any] = []
-        for sql, padded in self._padded("keys", keys):
-            rows += _fetch_tuples(conn, sql, (self.namespace_id, *padded))
-        return rows
+        return self._fetch_padded(conn, "keys", self.namespace_id, keys)
 
     def claim_statuses(self, conn: sa.Connection, claim_ids: Sequence[int]) -> list[tuple[int, str]]:
+        return self._fetch_padded(conn, "claims", self.namespace, claim_ids)
+
+    def _fetch_padded(self, conn: sa.Connection, kind: str, first: Any, values: Sequence[Any]) -> list[Any]:
+        """Every row of the ``kind`` statement over ``values`` (``first``: its first parameter), as plain tuples."""
         rows: list[Any] = []
-        for sql, padded in self._padded("claims", claim_ids):
-            rows += _fetch_tuples(conn, sql, (self.namespace, *padded))
+        for sql, padded in self._padded(kind, values):
+            rows += _fetch_tuples(conn, sql, (first, *padded))
         return rows
 
     def lookup(self, conn: sa.Connection, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
