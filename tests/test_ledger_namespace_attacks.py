@@ -111,7 +111,7 @@ def snapshot(engine: sa.Engine, table: str = TABLE) -> dict[str, list[tuple[obje
 class Writes:
     """The write statements (and DDL) an engine runs while it is watched."""
 
-    WRITE = ("INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "REPLACE")
+    WRITE = ("INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "REPLACE", "WITH")
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine

@@ -10,6 +10,8 @@ MySQL/MariaDB and DuckDB run) do, on every kind of key.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -190,26 +192,39 @@ def postgres(postgres_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def test_on_postgresql_a_window_is_one_insert_and_its_marks_one_update(postgres):
+def test_on_postgresql_a_window_is_one_statement_and_one_transaction(postgres):
+    """Claims' rows, keys and the previous window's marks: one statement, one text, one transaction."""
     ledger = make_ledger(postgres)
     sent: list[int] = []
     keys = [f"order-{i}" for i in range(2_037)]
+    claimed: list[list[int]] = []  # each window's claim ids
     with statements_run(postgres) as seen:
         for size in (400, 800, 37, 800):  # windows of 4, 8 and 1 batches
             window_keys, keys = keys[:size], keys[size:]
             claims = ledger.claim_batches(next(windows(window_keys, size)), mark_sent=sent)
             sent = [claim.claim_id for claim in claims]
+            claimed.append(sent)
         ledger.mark_claims_sent(sent)
-    inserts, updates = writes(seen, "INSERT", EVENTS), writes(seen, "UPDATE", CLAIMS)
-    assert len(inserts) == 4 and len(updates) == 4  # one per window; the first window marks nothing
-    assert writes(seen, "UPDATE") == updates  # a mark writes the claims' rows, none of their keys'
-    # the claims' own rows (one per batch): one unnest statement per window as well
-    claim_rows = writes(seen, "INSERT", CLAIMS)
-    assert len(claim_rows) == 4 and len(writes(seen, "INSERT")) == 8 and "unnest" in claim_rows[0][0]
+    window_statements = writes(seen, "WITH")
+    assert len(window_statements) == 4 and len(seen) == 5  # one per window, then the last window's mark
+    assert writes(seen, "UPDATE", CLAIMS) == writes(seen, "UPDATE") and len(writes(seen, "UPDATE")) == 1
     assert not any(many for _, many in seen), "an executemany: one round trip (and GIL wait) per row"
-    assert len({sql for sql, _ in inserts}) == 1 and len({sql for sql, _ in updates}) == 1  # one text: parsed once
-    assert "unnest" in inserts[0][0] and "ANY" in updates[0][0]
+    assert len({sql for sql, _ in window_statements}) == 1  # one text: parsed once
+    sql = window_statements[0][0]
+    assert sql.index(f"INSERT INTO {CLAIMS} ") < sql.index(f"INSERT INTO {EVENTS} ") < sql.index(f"UPDATE {CLAIMS} ")
+    assert "unnest" in sql and "ANY" in sql
+    if postgres.dialect.driver == "psycopg":  # every array in binary: text arrays are quoted in Python
+        assert "%(keys)b" in sql and not re.search(r"%\(\w+\)s AS \w+\[\]", sql)
     assert max(len(sql) for sql, _ in seen) < 2_000  # short enough for psycopg's query cache
+    assert ledger.count_by_status() == {SENT: 2_037}
+    with postgres.connect() as conn:
+        # xmin: the transaction that wrote a row (inserted it, or last updated it)
+        claim_xmin = dict(conn.exec_driver_sql(f"SELECT claim_id, xmin::text FROM {CLAIMS}").all())
+        key_xmin = dict(conn.exec_driver_sql(f"SELECT DISTINCT claim_id, xmin::text FROM {EVENTS}").all())
+    written_by = [{key_xmin[claim] for claim in window} for window in claimed]
+    assert all(len(xmins) == 1 for xmins in written_by) and len(set.union(*written_by)) == 4
+    for window, next_window in itertools.pairwise(range(4)):  # marked in the next window's transaction
+        assert {claim_xmin[claim] for claim in claimed[window]} == written_by[next_window]
 
     every = [f"order-{i}" for i in range(2_037)] + [f"new-{i}" for i in range(10_000)]
     with statements_run(postgres) as seen:
@@ -228,7 +243,7 @@ def test_psycopg_gets_its_arrays_in_binary_and_other_drivers_through_sqlalchemy_
     with statements_run(postgres) as seen:
         fast.claim(entries(["a", "b"]))
     if postgres.dialect.driver == "psycopg":
-        assert "%(keys)b" in writes(seen, "INSERT", EVENTS)[0][0]
+        assert "%(keys)b" in writes(seen, "WITH")[0][0]
     url = sa.engine.make_url(postgres_url).set(drivername="postgresql+psycopg2")
     other = sa.create_engine(url)
     try:
@@ -239,8 +254,9 @@ def test_psycopg_gets_its_arrays_in_binary_and_other_drivers_through_sqlalchemy_
         assert [claim.claimed for claim in claims] == [set(AWKWARD_KEYS[:10]), set(AWKWARD_KEYS[10:])]
         assert set(ledger.sent_digests(AWKWARD_KEYS)) == set(AWKWARD_KEYS[:10])
         assert set(ledger.lookup(AWKWARD_KEYS)) == set(AWKWARD_KEYS)
-        assert len(writes(seen, "INSERT", EVENTS)) == 1 and "%(keys)b" not in writes(seen, "INSERT", EVENTS)[0][0]
-        assert len(writes(seen, "INSERT", CLAIMS)) == 1 and len(writes(seen, "UPDATE", CLAIMS)) == 1
+        [window] = writes(seen, "WITH")  # the claims' rows and the keys, in one statement
+        assert "%(keys)b" not in window[0] and f"INSERT INTO {EVENTS}" in window[0]
+        assert len(writes(seen, "UPDATE", CLAIMS)) == 1 and len(seen) == 2  # and the mark
     finally:
         other.dispose()
 

@@ -345,6 +345,7 @@ class Ledger:
         self._sql: LedgerStatements = self.database.statements(
             self.database, self.tables, namespace, self.owner, engine.dialect
         )
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         # the keys of this object's claims still in flight: whole-claim releases delete by key
         self._claim_keys: dict[int, set[str]] = {}
         if self.database.prepare_engine is not None:
@@ -355,18 +356,34 @@ class Ledger:
 
     # --- transactions -------------------------------------------------------
 
-    def _write(self, operation: str, consequence: Callable[[], str], work: Callable[[sa.Connection], T]) -> T:
-        """``work`` in one transaction, retried as a whole while the database fails transiently."""
+    def _write(
+        self,
+        operation: str,
+        consequence: Callable[[], str],
+        work: Callable[[sa.Connection], T],
+        *,
+        one_statement: bool = False,
+    ) -> T:
+        """``work`` in one transaction, retried as a whole while the database fails transiently.
+
+        ``one_statement``: ``work`` runs a single statement, which is its own
+        transaction in autocommit, without the round trips of a BEGIN and a COMMIT.
+        """
 
         def attempt() -> T:
+            if one_statement:
+                with self._autocommit.connect() as conn:
+                    return work(conn)
             with self.engine.begin() as conn:
                 return work(conn)
 
         return self._retry.run(operation, consequence, attempt)
 
     def _read(self, operation: str, work: Callable[[sa.Connection], T]) -> T:
+        engine = self._autocommit if self._sql.AUTOCOMMIT else self.engine
+
         def attempt() -> T:
-            with self.engine.connect() as conn:
+            with engine.connect() as conn:
                 return work(conn)
 
         return self._retry.run(operation, lambda: "nothing was changed", attempt)
@@ -547,12 +564,11 @@ class Ledger:
     def _claim_and_mark(self, claim_ids: Sequence[int], rows: list[ClaimRow], mark_sent: Sequence[int]) -> Inserted:
         def claim(conn: sa.Connection) -> Inserted:
             # Stamped at each attempt: a claim retried for a while must not look abandoned at once.
-            # Insert first, mark after: a transaction that is marking its own rows then
-            # waits for nobody, so two runs' transactions cannot wait on each other.
-            stamp = now_ms()
-            self._sql.insert_claims(conn, claim_ids, stamp)
-            inserted = self._insert_if_absent(conn, rows, stamp)
-            self._mark_claims_sent(conn, mark_sent)
+            # Keys in key order: each inserted key stays locked until commit, and two runs
+            # inserting overlapping keys in different orders (overlapping intervals read in
+            # a different order) deadlock on PostgreSQL and MariaDB.
+            inserted = self._sql.claim_window(conn, claim_ids, sorted(rows, key=_first), mark_sent, now_ms())
+            self._forget_claims(mark_sent)
             return inserted
 
         def consequence() -> str:
@@ -561,7 +577,7 @@ class Ledger:
                 text += f"; and {_acknowledged(len(mark_sent))}"
             return text
 
-        return self._write("claim", consequence, claim)
+        return self._write("claim", consequence, claim, one_statement=self._sql.AUTOCOMMIT)
 
     @staticmethod
     def _new_claim_ids(count: int) -> list[int]:
@@ -833,13 +849,17 @@ class Ledger:
                 "mark_claims_sent",
                 lambda: _acknowledged(len(claim_ids)),
                 lambda conn: self._mark_claims_sent(conn, claim_ids),
+                one_statement=self._sql.AUTOCOMMIT,
             )
 
     def _mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[int]) -> None:
         if claim_ids:
             self._sql.mark_claims_sent(conn, claim_ids, now_ms())
-            for claim_id in claim_ids:
-                self._claim_keys.pop(claim_id, None)
+            self._forget_claims(claim_ids)
+
+    def _forget_claims(self, claim_ids: Sequence[int]) -> None:
+        for claim_id in claim_ids:
+            self._claim_keys.pop(claim_id, None)
 
     def mark_unknown(self, claim_id: int, keys: Iterable[str] | None, detail: str) -> None:
         """The answer for these keys was lost: they may or may not have been recorded.

@@ -191,7 +191,32 @@ class LedgerStatements:
         )
         self._from = f"{self._quoted} e LEFT JOIN {self._quoted_claims} c ON c.claim_id = e.claim_id"
 
+    #: :meth:`claim_window` and :meth:`mark_claims_sent` are ONE statement each, and
+    #: reads need no snapshot shared by their statements: each runs as its own
+    #: transaction, in autocommit, without a BEGIN and a COMMIT (two round trips).
+    AUTOCOMMIT = False
+
     # --- claims
+
+    def claim_window(
+        self,
+        conn: sa.Connection,
+        claim_ids: Sequence[int],
+        rows: Sequence[ClaimRow],
+        mark_sent: Sequence[int],
+        stamp: int,
+    ) -> Inserted:
+        """A window's claims: the claims' rows, then the free keys (``rows`` in key order), then the marks.
+
+        Insert first, mark after: a transaction that is marking its own rows
+        then waits for nobody, so two runs' transactions cannot wait on each
+        other. ``mark_sent`` names earlier claims, never one of ``claim_ids``.
+        """
+        self.insert_claims(conn, claim_ids, stamp)
+        inserted = self.insert_if_absent(conn, rows, stamp)
+        if mark_sent:
+            self.mark_claims_sent(conn, mark_sent, stamp)
+        return inserted
 
     def insert_claims(self, conn: sa.Connection, claim_ids: Sequence[int], stamp: int) -> None:
         """One row per claim: its owner and heartbeat, status ``claimed``."""
@@ -317,7 +342,8 @@ class ArrayStatements(LedgerStatements):
     array too.
     """
 
-    _ARRAYS = frozenset({"keys", "digests", "claims"})
+    _ARRAYS = frozenset({"keys", "digests", "claims", "key_claims", "marks"})
+    AUTOCOMMIT = True
 
     def __init__(
         self,
@@ -329,15 +355,15 @@ class ArrayStatements(LedgerStatements):
     ) -> None:
         super().__init__(capabilities, tables, namespace, owner, sql_dialect)
         self._driver_sql = sql_dialect.driver == "psycopg"
-        self._insert_sql = self._statement(
+        insert_keys = (
             f"INSERT INTO {self._quoted} (namespace_id, event_key, content_digest, claim_id)"
             " SELECT CAST(:namespace_id AS SMALLINT), k.event_key, k.content_digest, k.claim_id"
-            " FROM unnest(CAST(:keys AS TEXT[]), CAST(:digests AS INTEGER[]), CAST(:claims AS BIGINT[]))"
+            " FROM unnest(CAST(:keys AS TEXT[]), CAST(:digests AS INTEGER[]), CAST(:key_claims AS BIGINT[]))"
             " WITH ORDINALITY AS k(event_key, content_digest, claim_id, n)"
-            " ORDER BY k.n"
+            " {after_claims}ORDER BY k.n"
             " ON CONFLICT DO NOTHING"
         )
-        self._claims_sql = self._statement(
+        insert_claims = (
             f"INSERT INTO {self._quoted_claims} ({', '.join(CLAIM_COLUMNS)})"
             " SELECT k.claim_id, CAST(:namespace AS VARCHAR), 'claimed', CAST(:owner_run AS VARCHAR),"
             " CAST(:owner_host AS VARCHAR), CAST(:owner_pid AS INTEGER), CAST(:owner_task AS VARCHAR),"
@@ -345,9 +371,22 @@ class ArrayStatements(LedgerStatements):
             " FROM unnest(CAST(:claims AS BIGINT[])) AS k(claim_id)"
             " ON CONFLICT DO NOTHING"
         )
-        self._mark_sql = self._statement(
+        mark = (
             f"UPDATE {self._quoted_claims} SET status = 'sent', sent_at = CAST(:stamp AS BIGINT), detail = NULL"
-            " WHERE namespace = CAST(:namespace AS VARCHAR) AND claim_id = ANY(CAST(:claims AS BIGINT[]))"
+            " WHERE namespace = CAST(:namespace AS VARCHAR) AND claim_id = ANY(CAST(:marks AS BIGINT[]))"
+        )
+        self._insert_sql = self._statement(insert_keys.format(after_claims=""))
+        self._claims_sql = self._statement(insert_claims)
+        self._mark_sql = self._statement(mark)
+        # The sub-statements of a WITH run in an order of the planner's choosing: each one is
+        # made to wait for the one before by an uncorrelated subquery on its result (run once,
+        # first), so the claims' rows go in, then the keys in key order, then the marks.
+        self._window_sql = self._statement(
+            f"WITH new_claims AS ({insert_claims} RETURNING 1),"
+            f" new_keys AS ({insert_keys.format(after_claims='WHERE (SELECT count(*) FROM new_claims) >= 0 ')}"
+            " RETURNING 1),"
+            f" marked AS ({mark} AND (SELECT count(*) FROM new_keys) >= 0 RETURNING 1)"
+            " SELECT (SELECT count(*) FROM new_keys), (SELECT count(*) FROM marked)"
         )
         self._keys_sql = self._statement(
             f"SELECT event_key, content_digest, claim_id, status FROM {self._quoted}"
@@ -373,33 +412,56 @@ class ArrayStatements(LedgerStatements):
             return conn.exec_driver_sql(statement, params)
         return conn.execute(statement, params)
 
+    def claim_window(
+        self,
+        conn: sa.Connection,
+        claim_ids: Sequence[int],
+        rows: Sequence[ClaimRow],
+        mark_sent: Sequence[int],
+        stamp: int,
+    ) -> Inserted:
+        """The window in one statement: one round trip, and no BEGIN or COMMIT of its own in autocommit.
+
+        Every wait on the database is a wait for the GIL afterwards, behind a
+        busy preparation thread: five round trips a window (BEGIN, three
+        statements, COMMIT) became one.
+        """
+        params = {**self._claim_params(claim_ids, stamp), **self._key_params(rows)}
+        params["marks"] = list(mark_sent)
+        inserted, _ = self._run(conn, self._window_sql, params).one()
+        return inserted_if_all(rows, inserted)
+
+    def _claim_params(self, claim_ids: Sequence[int], stamp: int) -> dict[str, Any]:
+        owner = self.owner
+        return {
+            "namespace": self.namespace,
+            "owner_run": owner.run_token,
+            "owner_host": owner.host,
+            "owner_pid": owner.pid,
+            "owner_task": owner.task,
+            "owner_try": owner.try_number,
+            "stamp": stamp,
+            "claims": list(claim_ids),
+        }
+
+    def _key_params(self, rows: Sequence[ClaimRow]) -> dict[str, Any]:
+        keys, digests, claims = (list(column) for column in zip(*rows, strict=True)) if rows else ([], [], [])
+        return {"namespace_id": self.namespace_id, "keys": keys, "digests": digests, "key_claims": claims}
+
     def insert_if_absent(self, conn: sa.Connection, rows: Sequence[ClaimRow], stamp: int) -> Inserted:
         if not rows:
             return set()
-        keys, digests, claims = (list(column) for column in zip(*rows, strict=True))
-        params = {"namespace_id": self.namespace_id, "keys": keys, "digests": digests, "claims": claims}
         # the count, not RETURNING: a window's 400 returned rows cost more client time than the
         # rest of its claim, and a window that did not insert them all is looked up anyway
-        return inserted_if_all(rows, self._run(conn, self._insert_sql, params).rowcount)
+        return inserted_if_all(rows, self._run(conn, self._insert_sql, self._key_params(rows)).rowcount)
 
     def insert_claims(self, conn: sa.Connection, claim_ids: Sequence[int], stamp: int) -> None:
         if claim_ids:
-            owner = self.owner
-            params = {
-                "namespace": self.namespace,
-                "owner_run": owner.run_token,
-                "owner_host": owner.host,
-                "owner_pid": owner.pid,
-                "owner_task": owner.task,
-                "owner_try": owner.try_number,
-                "stamp": stamp,
-                "claims": list(claim_ids),
-            }
-            self._run(conn, self._claims_sql, params)
+            self._run(conn, self._claims_sql, self._claim_params(claim_ids, stamp))
 
     def mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[int], stamp: int) -> None:
         if claim_ids:
-            self._run(conn, self._mark_sql, {"namespace": self.namespace, "claims": list(claim_ids), "stamp": stamp})
+            self._run(conn, self._mark_sql, {"namespace": self.namespace, "marks": list(claim_ids), "stamp": stamp})
 
     def key_rows(self, conn: sa.Connection, keys: Sequence[str]) -> list[tuple[str, int, int, str | None]]:
         if not keys:
