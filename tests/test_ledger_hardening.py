@@ -583,42 +583,25 @@ def _lost_answer(engine: sa.Engine) -> Exception:
     return MySQLdb.OperationalError(2013, "Lost connection to MySQL server during query")
 
 
-_WRITES = ("WITH", "INSERT", "UPDATE", "DELETE")
-
-
 @contextmanager
 def every_first_answer_lost(engine: sa.Engine) -> Iterator[list[int]]:
-    """Each write's commit goes through, then its answer is lost; its retry's answer arrives.
-
-    A transaction commits at its COMMIT; a statement in autocommit (a window's
-    claim on PostgreSQL) when it ends, so its answer is lost after it ran.
-    """
-    real_commit, real_execute = engine.dialect.do_commit, engine.dialect.do_execute
+    """Each transaction's commit goes through, then its answer is lost; its retry's answer arrives."""
+    real_commit = engine.dialect.do_commit
     commits = itertools.count()
     lost: list[int] = []
 
-    def committed() -> None:
+    def do_commit(dbapi_connection) -> None:  # type: ignore[no-untyped-def]
+        real_commit(dbapi_connection)
         number = next(commits)
         if number % 2 == 0:
             lost.append(number)
             raise _lost_answer(engine)
 
-    def do_commit(dbapi_connection) -> None:  # type: ignore[no-untyped-def]
-        real_commit(dbapi_connection)
-        committed()
-
-    def do_execute(cursor, statement, parameters, context=None) -> None:  # type: ignore[no-untyped-def]
-        real_execute(cursor, statement, parameters, context)
-        # psycopg's flag; MySQLdb's autocommit is a method, sqlite3's a constant
-        if getattr(cursor.connection, "autocommit", None) is True and statement.lstrip().upper().startswith(_WRITES):
-            committed()
-
     engine.dialect.do_commit = do_commit  # type: ignore[method-assign]
-    engine.dialect.do_execute = do_execute  # type: ignore[method-assign]
     try:
         yield lost
     finally:
-        del engine.dialect.do_commit, engine.dialect.do_execute
+        del engine.dialect.do_commit
 
 
 def test_a_retried_transaction_recognises_what_its_lost_commit_did(engine):

@@ -345,7 +345,6 @@ class Ledger:
         self._sql: LedgerStatements = self.database.statements(
             self.database, self.tables, namespace, self.owner, engine.dialect
         )
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         # the keys of this object's claims still in flight: whole-claim releases delete by key
         self._claim_keys: dict[int, set[str]] = {}
         if self.database.prepare_engine is not None:
@@ -356,34 +355,18 @@ class Ledger:
 
     # --- transactions -------------------------------------------------------
 
-    def _write(
-        self,
-        operation: str,
-        consequence: Callable[[], str],
-        work: Callable[[sa.Connection], T],
-        *,
-        one_statement: bool = False,
-    ) -> T:
-        """``work`` in one transaction, retried as a whole while the database fails transiently.
-
-        ``one_statement``: ``work`` runs a single statement, which is its own
-        transaction in autocommit, without the round trips of a BEGIN and a COMMIT.
-        """
+    def _write(self, operation: str, consequence: Callable[[], str], work: Callable[[sa.Connection], T]) -> T:
+        """``work`` in one transaction, retried as a whole while the database fails transiently."""
 
         def attempt() -> T:
-            if one_statement:
-                with self._autocommit.connect() as conn:
-                    return work(conn)
             with self.engine.begin() as conn:
                 return work(conn)
 
         return self._retry.run(operation, consequence, attempt)
 
     def _read(self, operation: str, work: Callable[[sa.Connection], T]) -> T:
-        engine = self._autocommit if self._sql.AUTOCOMMIT else self.engine
-
         def attempt() -> T:
-            with engine.connect() as conn:
+            with self.engine.connect() as conn:
                 return work(conn)
 
         return self._retry.run(operation, lambda: "nothing was changed", attempt)
@@ -577,7 +560,7 @@ class Ledger:
                 text += f"; and {_acknowledged(len(mark_sent))}"
             return text
 
-        return self._write("claim", consequence, claim, one_statement=self._sql.AUTOCOMMIT)
+        return self._write("claim", consequence, claim)
 
     @staticmethod
     def _new_claim_ids(count: int) -> list[int]:
@@ -849,7 +832,6 @@ class Ledger:
                 "mark_claims_sent",
                 lambda: _acknowledged(len(claim_ids)),
                 lambda conn: self._mark_claims_sent(conn, claim_ids),
-                one_statement=self._sql.AUTOCOMMIT,
             )
 
     def _mark_claims_sent(self, conn: sa.Connection, claim_ids: Sequence[int]) -> None:

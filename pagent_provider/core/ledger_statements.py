@@ -191,11 +191,6 @@ class LedgerStatements:
         )
         self._from = f"{self._quoted} e LEFT JOIN {self._quoted_claims} c ON c.claim_id = e.claim_id"
 
-    #: :meth:`claim_window` and :meth:`mark_claims_sent` are ONE statement each, and
-    #: reads need no snapshot shared by their statements: each runs as its own
-    #: transaction, in autocommit, without a BEGIN and a COMMIT (two round trips).
-    AUTOCOMMIT = False
-
     # --- claims
 
     def claim_window(
@@ -343,7 +338,6 @@ class ArrayStatements(LedgerStatements):
     """
 
     _ARRAYS = frozenset({"keys", "digests", "claims", "key_claims", "marks"})
-    AUTOCOMMIT = True
 
     def __init__(
         self,
@@ -420,11 +414,14 @@ class ArrayStatements(LedgerStatements):
         mark_sent: Sequence[int],
         stamp: int,
     ) -> Inserted:
-        """The window in one statement: one round trip, and no BEGIN or COMMIT of its own in autocommit.
+        """The window in one statement: three round trips (BEGIN, it, COMMIT) where there were five.
 
         Every wait on the database is a wait for the GIL afterwards, behind a
-        busy preparation thread: five round trips a window (BEGIN, three
-        statements, COMMIT) became one.
+        busy preparation thread. Run in autocommit it would be one round trip,
+        but SQLAlchemy resets a pooled connection's isolation level as it goes
+        back to its pool, and on a connection the server had just terminated
+        that reset raised the driver's own error, outside the ledger's retries
+        (SQLAlchemy 1.4, psycopg2; see benchmarks/README).
         """
         params = {**self._claim_params(claim_ids, stamp), **self._key_params(rows)}
         params["marks"] = list(mark_sent)
