@@ -28,6 +28,7 @@ from pagent_provider.core.transform import (
     time_to_unix_ms,
     transform_chunk,
 )
+from pagent_provider.core.transform import times as times_module
 from pagent_provider.exceptions import PagentConfigError
 
 UTC = dt.UTC
@@ -598,6 +599,60 @@ class TestTimeProperties:
         # fold=0 is zoneinfo's "first occurrence", the documented rule for ambiguous times.
         expected = [ms(w.replace(tzinfo=tz, fold=0)) for w in walls]
         assert values(time_to_unix_ms(column, zone, now_ms=NOW_MS)) == expected
+
+
+_ISO_LAYOUTS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dt%H:%M", "%Y-%m-%d")
+_OFFSETS = ("", "Z", "z", "+05:30", "-0330", "+02", "-00:00")
+
+
+class TestUniformTextColumns:
+    """A column all naive or all of one offset is parsed whole; it must read exactly as text by text."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        walls=st.lists(
+            st.one_of(
+                st.datetimes(min_value=dt.datetime(1971, 1, 2), max_value=dt.datetime(2030, 12, 31)),
+                st.sampled_from(["garbage", "2026-02-30", "26/11/2026 10:00"]),
+            ),
+            min_size=1,
+            max_size=30,
+        ),
+        layout=st.sampled_from(_ISO_LAYOUTS),
+        offset=st.sampled_from(_OFFSETS),
+        zone=st.sampled_from(["UTC", "Europe/Berlin", "America/St_Johns"]),
+    )
+    def test_a_uniform_column_reads_as_text_by_text(
+        self, walls: list[dt.datetime | str], layout: str, offset: str, zone: str
+    ) -> None:
+        if layout == "%Y-%m-%d":
+            offset = ""  # a date alone carries no offset
+        texts = pd.Series([w if isinstance(w, str) else w.strftime(layout) + offset for w in walls], dtype="str")
+        uniform = times_module._parse_uniform_iso(texts)
+        whole = times_module._text_by_text_iso_to_utc(texts, ZoneInfo(zone)).to_numpy()
+        if not times_module._REFUSES_MIXED_OFFSETS:
+            assert uniform is None  # pandas 2: every column text by text
+            return
+        assert uniform is not None
+        fast = times_module._uniform_to_utc(uniform, ZoneInfo(zone)).to_numpy()
+        assert np.array_equal(np.isnat(fast), np.isnat(whole))
+        assert np.array_equal(
+            fast[~np.isnat(fast)].astype("datetime64[us]"), whole[~np.isnat(whole)].astype("datetime64[us]")
+        )
+
+    @pytest.mark.parametrize(
+        "texts",
+        [
+            ["2026-11-26 11:00:00", "2026-11-26T10:00:00Z"],  # naive (Berlin) and aware
+            ["2026-11-26T11:00:00+01:00", "2026-11-26T12:00:00+02:00"],  # two offsets
+            ["2026-11-26T10:00:00Z", "2026-11-26T06:30:00-0330", "garbage"],
+        ],
+    )
+    def test_mixed_offsets_are_read_text_by_text(self, texts: list[str]) -> None:
+        column = pd.Series(texts, dtype="str")
+        assert times_module._parse_uniform_iso(column) is None
+        expected = [NOV_26_10_UTC, NOV_26_10_UTC, None][: len(texts)]
+        assert values(time_to_unix_ms(column, "Europe/Berlin", now_ms=NOW_MS)) == expected
 
 
 # --------------------------------------------------------------------------
