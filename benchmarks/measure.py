@@ -117,6 +117,7 @@ class Bench:
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweep: list[dict[str, Any]] = field(default_factory=list)
     ledger_points: list[dict[str, Any]] = field(default_factory=list)
+    growth_points: list[dict[str, Any]] = field(default_factory=list)
     progress: Callable[[str], None] = print
     _names: Iterator[int] = field(default_factory=itertools.count)
 
@@ -488,57 +489,102 @@ def measure_mariadb_size(bench: Bench) -> list[TargetResult]:
 
 
 def measure_growth(bench: Bench) -> list[TargetResult]:
-    """Targets 7a and 7b: a day's new rows against a ledger of ``history_days`` days, and against an empty one."""
+    """Targets 7a and 7b: a day's new rows against a ledger of ``history_days`` days, and against an empty one.
+
+    The big ledger is filled in steps (:data:`GROWTH_STEPS` of its final size):
+    at each step the same rounds of day-against-big and day-against-empty run,
+    which gives the chart its cost against ledger size; the target is the
+    last step's ratio.
+    """
     s = bench.settings
     results = []
     for database in _ledger_databases(bench):
         label = LEDGER_DATABASES[database]
         bench.progress(
-            f"a day of {s.day_rows:,} new rows against a {label} ledger of {s.history_rows:,} rows and an empty one"
+            f"a day of {s.day_rows:,} new rows against a {label} ledger of up to {s.history_rows:,} rows and an empty one"
         )
         with bench.ledger(database) as big, SinkProcess() as sink:
-            seconds = ledgers.prefill(big, HISTORY_FIRST_KEY, s.history_rows)
-            bench.progress(f"  filled the big ledger in {seconds:.1f}s")
-            pairs = []
-            for r in range(s.rounds):
-                sql = datagen.select_rows(s.day_rows, offset=r * s.day_rows)  # a new day each round
-                with bench.ledger(database) as empty:
-                    order = [("empty", empty), ("big", big)] if r % 2 == 0 else [("big", big), ("empty", empty)]
-                    timings = {
-                        kind: bench.record(
-                            f"day_{database}_{kind}_ledger_r{r + 1}",
-                            engine_runs.sync_ledger_on(bench.sqlite, sql, sink.url, ledger, workers=s.engine_workers),
-                            sink,
-                        )
-                        for kind, ledger in order
-                    }
-                pairs.append((timings["big"], timings["empty"]))
+            filled, days = 0, itertools.count()
+            for fraction in GROWTH_STEPS:
+                target_rows = round(s.history_rows * fraction)
+                seconds = ledgers.prefill(big, HISTORY_FIRST_KEY + filled, target_rows - filled)
+                filled = target_rows
+                bench.progress(f"  filled the big ledger to {filled:,} rows in {seconds:.1f}s")
+                pairs = _days_against(bench, database, big, sink, days)
+                _record_growth_point(bench, database, filled, pairs)
             size = ledgers.bytes_per_event(big)
-        ratios = [a.seconds / b.seconds for a, b in pairs]
-        numbers = {
-            "database": database,
-            "day_rows": s.day_rows,
-            "history_rows": s.history_rows,
-            "big_s": [round(a.seconds, 3) for a, _ in pairs],
-            "empty_s": [round(b.seconds, 3) for _, b in pairs],
-            "ratios": [round(ratio, 3) for ratio in ratios],
-            "big_ledger_bytes_per_event": round(size.per_event, 1),
-            "big_ledger_mib": round(size.bytes / 2**20, 1),
-        }
-        results.append(
-            _result(
-                f"ledger_growth_{database}",
-                statistics.median(ratios),
-                f"{statistics.median(a.seconds for a, _ in pairs):.2f}s vs "
-                f"{statistics.median(b.seconds for _, b in pairs):.2f}s; big ledger {size.bytes / 2**20:,.0f} MiB",
-                numbers,
-                [
-                    f"7: {s.rounds} round(s), each a new day of {s.day_rows:,} rows, against a ledger of "
-                    f"{s.history_days} such days already sent and a new empty one, in alternating order"
-                ],
-            )
-        )
+        results.append(_growth_result(bench, database, pairs, size))
     return results
+
+
+#: Fractions of ``history_rows`` the big ledger of target 7 is measured at, in order.
+GROWTH_STEPS = (0.2, 1.0)
+
+
+def _days_against(
+    bench: Bench, database: str, big: Ledger, sink: SinkProcess, days: Iterator[int]
+) -> list[tuple[Timing, Timing]]:
+    """``rounds`` new days, each synced against ``big`` and against a new empty ledger, in alternating order."""
+    s = bench.settings
+    pairs = []
+    for r in range(s.rounds):
+        day = next(days)
+        sql = datagen.select_rows(s.day_rows, offset=day * s.day_rows)  # a day never synced before
+        with bench.ledger(database) as empty:
+            order = [("empty", empty), ("big", big)] if r % 2 == 0 else [("big", big), ("empty", empty)]
+            timings = {
+                kind: bench.record(
+                    f"day{day + 1}_{database}_{kind}_ledger",
+                    engine_runs.sync_ledger_on(bench.sqlite, sql, sink.url, ledger, workers=s.engine_workers),
+                    sink,
+                )
+                for kind, ledger in order
+            }
+        pairs.append((timings["big"], timings["empty"]))
+    return pairs
+
+
+def _record_growth_point(bench: Bench, database: str, ledger_rows: int, pairs: list[tuple[Timing, Timing]]) -> None:
+    bench.growth_points.append(
+        {
+            "database": database,
+            "ledger_rows": ledger_rows,
+            "day_s": round(statistics.median(a.seconds for a, _ in pairs), 3),
+            "empty_s": round(statistics.median(b.seconds for _, b in pairs), 3),
+            "ratio": round(statistics.median(a.seconds / b.seconds for a, b in pairs), 3),
+        }
+    )
+
+
+def _growth_result(
+    bench: Bench, database: str, pairs: list[tuple[Timing, Timing]], size: ledgers.LedgerSize
+) -> TargetResult:
+    s = bench.settings
+    ratios = [a.seconds / b.seconds for a, b in pairs]
+    numbers = {
+        "database": database,
+        "day_rows": s.day_rows,
+        "history_rows": s.history_rows,
+        "big_s": [round(a.seconds, 3) for a, _ in pairs],
+        "empty_s": [round(b.seconds, 3) for _, b in pairs],
+        "ratios": [round(ratio, 3) for ratio in ratios],
+        "steps": [point for point in bench.growth_points if point["database"] == database],
+        "big_ledger_bytes_per_event": round(size.per_event, 1),
+        "big_ledger_mib": round(size.bytes / 2**20, 1),
+    }
+    return _result(
+        f"ledger_growth_{database}",
+        statistics.median(ratios),
+        f"{statistics.median(a.seconds for a, _ in pairs):.2f}s vs "
+        f"{statistics.median(b.seconds for _, b in pairs):.2f}s; big ledger {size.bytes / 2**20:,.0f} MiB",
+        numbers,
+        [
+            f"7: {s.rounds} round(s) at each size, each a new day of {s.day_rows:,} rows, against a ledger "
+            f"of {s.history_days} such days already sent (filled in steps: "
+            f"{', '.join(f'{round(s.history_rows * f):,}' for f in GROWTH_STEPS)} rows, plus the days before) "
+            "and a new empty one, in alternating order"
+        ],
+    )
 
 
 # --- 4: memory ---------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ def results_document(bench: Bench, results: Sequence[TargetResult], meta: dict[s
         "targets": [result.as_dict() for result in results],
         "runs": bench.runs,
         "sweep": bench.sweep,
+        "ledger_points": bench.ledger_points,
+        "growth_points": bench.growth_points,
     }
 
 
@@ -82,7 +84,9 @@ def draw_chart(bench: Bench, results: Sequence[TargetResult], path: Path) -> Non
     measured = [point["events_per_s"] for point in bench.sweep]
     ideal = [point["ideal_events_per_s"] for point in bench.sweep]
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
+    figure, (left, right, growth) = plt.subplots(
+        1, 3, figsize=(18, 5.5), dpi=110, gridspec_kw={"width_ratios": [3, 2, 2]}
+    )
     left.plot(workers, ideal, linestyle="--", color="grey", label="ideal: workers x 100 events / latency")
     left.plot(workers, measured, marker="o", color="tab:blue", linewidth=2, label="sync engine, no ledger")
     for x, y in zip(workers, measured, strict=True):
@@ -139,9 +143,42 @@ def draw_chart(bench: Bench, results: Sequence[TargetResult], path: Path) -> Non
         rows = runs.get("sync_ledger_on", {}).get("rows", 0)
         right.set_title(f"no latency, SQLite source, {rows:,} rows, max_workers={s.engine_workers}")
         right.set_xlabel("events per second")
+        right.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:g}k")
         right.grid(True, axis="x", alpha=0.3)
-    figure.suptitle("pagent sync benchmark: throughput")
+    _draw_growth(growth, bench)
+    figure.suptitle("pagent sync benchmark: throughput, and a day's cost against the ledger's size")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
+
+
+def _draw_growth(axes: Any, bench: Bench) -> None:
+    """A day's sync time against the rows its ledger already holds (target 7), one line per database."""
+    for database, color, marker in (("sqlite", "tab:purple", "s"), ("postgresql", "tab:cyan", "D")):
+        points = [point for point in bench.growth_points if point["database"] == database]
+        if not points:
+            continue
+        name = "SQLite" if database == "sqlite" else "PostgreSQL"
+        sizes = [0] + [point["ledger_rows"] for point in points]
+        # the empty ledger's time: the median of every step's empty runs
+        empty = sorted(point["empty_s"] for point in points)[len(points) // 2]
+        axes.plot(sizes, [empty] + [point["day_s"] for point in points], marker=marker, color=color, label=name)
+        for point in points:
+            axes.annotate(
+                f"{point['ratio']:.2f}x",
+                (point["ledger_rows"], point["day_s"]),
+                textcoords="offset points",
+                xytext=(0, 8),
+                ha="center",
+                fontsize=8,
+            )
+    tops = [point["day_s"] for point in bench.growth_points] + [point["empty_s"] for point in bench.growth_points]
+    axes.set_ylim(0, max(tops, default=1.0) * 1.2)  # room for the labels above the highest point
+    axes.set_xlabel("rows already in the ledger")
+    axes.set_ylabel("seconds for a day of new rows")
+    axes.set_title(f"a day of {bench.settings.day_rows:,} rows (labels: / empty ledger)")
+    axes.xaxis.set_major_formatter(lambda value, _: f"{value / 1e6:g}M" if value >= 1e6 else f"{value:,.0f}")
+    axes.grid(True, alpha=0.3)
+    if axes.get_lines():
+        axes.legend(fontsize=8, loc="lower right")

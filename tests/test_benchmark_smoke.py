@@ -78,6 +78,18 @@ def test_quick_benchmark_produces_table_json_and_chart(tmp_path: Path) -> None:
         assert _number(document["runs"][run]["events_per_s"]), run
     assert document["runs"]["sync_rerun"]["sent"] == 0
     assert [point["workers"] for point in document["sweep"]] == [1, 4, 8]
+    # the chart's cost against ledger size: each database's big ledger measured at growing sizes
+    growth = [target["numbers"] for name, target in targets.items() if name.startswith("ledger_growth_")]
+    assert growth, "no growth target ran"
+    for numbers in growth:
+        steps = numbers["steps"]
+        assert [step["ledger_rows"] for step in steps] == sorted({step["ledger_rows"] for step in steps}), steps
+        assert len(steps) >= 2 and steps[-1]["ledger_rows"] == numbers["history_rows"], steps
+        assert all(step["day_s"] > 0 and step["empty_s"] > 0 for step in steps), steps
+        assert steps[-1]["ratio"] == pytest.approx(sorted(numbers["ratios"])[len(numbers["ratios"]) // 2], abs=0.001), (
+            numbers
+        )
+    assert document["growth_points"] == [step for numbers in growth for step in numbers["steps"]]
     if os.environ.get("PAGENT_REQUIRE_SERVICES") == "1":  # CI: PostgreSQL must be there
         assert targets["memory"]["numbers"]["source"] == "PostgreSQL"
 
