@@ -237,6 +237,40 @@ def test_on_postgresql_a_window_is_one_statement_and_one_transaction(postgres):
     assert len(seen) == 1  # a claim once sent stays sent: not asked again
 
 
+def test_on_postgresql_a_window_meeting_taken_keys_is_claimed_again_at_once_with_on_conflict(postgres):
+    """Free keys go in without ON CONFLICT; a taken one voids that try, and the next windows tolerate them."""
+    from pagent_provider.core.ledger_statements import TOLERANT_WINDOWS_AFTER_CONFLICT
+
+    other, ledger = make_ledger(postgres), make_ledger(postgres)
+    taken = [f"order-{i}" for i in range(50, 60)]
+    held = other.claim(entries(taken))  # another run holds ten of the keys
+    keys = [f"order-{i}" for i in range(100)] + [f"new-{i}" for i in range(100 * (TOLERANT_WINDOWS_AFTER_CONFLICT + 2))]
+
+    def window_plans(seen: Sequence[tuple[str, bool]]) -> list[str]:
+        # the keys' insert of each window statement: with ON CONFLICT, or without
+        return [
+            "tolerant" if sql.count("ON CONFLICT DO NOTHING") == 2 else "optimistic" for sql, _ in writes(seen, "WITH")
+        ]
+
+    with statements_run(postgres) as seen:
+        first = ledger.claim(entries(keys[:100]))
+    assert window_plans(seen) == ["optimistic", "tolerant"]  # the first try was rolled back as a whole
+    assert first.claimed == set(keys[:100]) - set(taken)
+    assert sorted(first.claimed_elsewhere) == sorted(taken)
+    with postgres.connect() as conn:
+        owners = dict(conn.exec_driver_sql(f"SELECT event_key, claim_id FROM {EVENTS}").all())
+    assert {owners[key] for key in taken} == {held.claim_id}
+    assert {owners[key] for key in first.claimed} == {first.claim_id}
+    assert len(owners) == 100  # nothing of the voided try left behind
+
+    with statements_run(postgres) as seen:
+        for start in range(100, len(keys), 100):
+            assert ledger.claim(entries(keys[start : start + 100])).claimed == set(keys[start : start + 100])
+    plans = window_plans(seen)
+    assert plans == ["tolerant"] * (TOLERANT_WINDOWS_AFTER_CONFLICT - 1) + ["optimistic"] * 3, plans
+    assert ledger.count_by_status() == {"claimed": len(keys)}
+
+
 def test_psycopg_gets_its_arrays_in_binary_and_other_drivers_through_sqlalchemy_text(postgres, postgres_url):
     """psycopg 3: the statement text as it is, arrays as %(keys)b; psycopg2 (SQLAlchemy 1.4's driver): sa.text."""
     fast = make_ledger(postgres)

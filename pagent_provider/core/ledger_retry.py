@@ -37,6 +37,18 @@ T = TypeVar("T")
 BACKOFF_INITIAL_S = 0.05
 #: No single wait is longer than this.
 BACKOFF_MAX_S = 5.0
+#: Attempts a transaction gets when its statements switch plans (see :class:`RetryAtOnce`).
+_PLAN_SWITCHES = 3
+
+
+class RetryAtOnce(Exception):
+    """A statement's fast plan met what only its slower plan handles; run the transaction again now.
+
+    Raised by a statement layer after it switched plans (see
+    ``ArrayStatements.claim_window``). The transaction it was in is rolled
+    back; :meth:`LedgerRetry.run` starts the next attempt at once, outside
+    the backoff and the budget, since nothing failed that time could cure.
+    """
 
 
 def is_transient(error: BaseException, permanent: Callable[[sa.exc.DBAPIError], bool]) -> bool:
@@ -99,6 +111,11 @@ class LedgerRetry:
             reraise=True,
         )
         try:
+            for _ in range(_PLAN_SWITCHES - 1):
+                try:
+                    return retrying(attempt)
+                except RetryAtOnce:
+                    continue  # its raiser switched to a plan that does not raise it
             return retrying(attempt)
         except sa.exc.DBAPIError as error:
             if not is_transient(error, self.permanent):
